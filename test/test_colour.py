@@ -1,0 +1,64 @@
+"""Luma/chroma handling around the fusion network."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from tdfusion_ros.colour import combine_chroma, is_colour, prepare_pair, restore_colour
+
+
+def random_bgr(seed: int, shape=(20, 30)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+def test_luma_is_opencv_ycrcb_on_float_pixels() -> None:
+    vis = random_bgr(0).astype(np.float32) / 255
+    grey = np.random.default_rng(1).random((20, 30), dtype=np.float32)
+    pair = prepare_pair(grey, vis)
+    b, g, r = vis[..., 0], vis[..., 1], vis[..., 2]
+    np.testing.assert_allclose(pair.vis_y, 0.299 * r + 0.587 * g + 0.114 * b, atol=1e-5)
+    np.testing.assert_array_equal(pair.ir_y, grey)
+    np.testing.assert_array_equal(pair.chroma, cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 1:])
+
+
+def test_visible_colour_comes_back_when_fused_equals_visible_luma() -> None:
+    vis = random_bgr(2)
+    pair = prepare_pair(np.zeros((20, 30), np.float32), vis.astype(np.float32) / 255)
+    restored = restore_colour(pair.vis_y, pair.chroma)
+    assert restored.shape == vis.shape
+    assert np.abs(restored.astype(int) - vis.astype(int)).max() <= 1
+
+
+def test_grey_inputs_give_grey_output() -> None:
+    grey_as_bgr = np.repeat(random_bgr(3)[..., :1], 3, axis=2)
+    assert not is_colour(grey_as_bgr)
+    pair = prepare_pair(grey_as_bgr.astype(np.float32) / 255, grey_as_bgr[..., 0] / 255.0)
+    assert pair.chroma is None
+    assert restore_colour(pair.vis_y, pair.chroma).ndim == 2
+
+
+def test_chroma_mix_prefers_the_saturated_source() -> None:
+    neutral = np.full((2, 2, 2), 0.5, np.float32)
+    red = np.full((2, 2, 2), 0.5, np.float32)
+    red[..., 0] = 0.8
+    np.testing.assert_allclose(combine_chroma(neutral, red), red)
+    np.testing.assert_allclose(combine_chroma(neutral, neutral), neutral)
+    blue = np.full((2, 2, 2), 0.5, np.float32)
+    blue[..., 1] = 0.9
+    mixed = combine_chroma(red, blue)
+    # Cr: only red deviates -> red's; Cb: only blue deviates -> blue's
+    np.testing.assert_allclose(mixed[..., 0], 0.8)
+    np.testing.assert_allclose(mixed[..., 1], 0.9)
+    half = combine_chroma(np.full((1, 1, 2), 0.7, np.float32), np.full((1, 1, 2), 0.4, np.float32))
+    # weights 0.2 and 0.1: (0.7 * 0.2 + 0.4 * 0.1) / 0.3
+    np.testing.assert_allclose(half, 0.6, atol=1e-6)
+
+
+def test_colour_mapped_infrared_and_colour_visible_are_combined() -> None:
+    ir_colour = cv2.applyColorMap(random_bgr(4)[..., 0], cv2.COLORMAP_JET).astype(np.float32) / 255
+    vis = random_bgr(5).astype(np.float32) / 255
+    pair = prepare_pair(ir_colour, vis)
+    ir_crcb = cv2.cvtColor(ir_colour, cv2.COLOR_BGR2YCrCb)[..., 1:]
+    vis_crcb = cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 1:]
+    np.testing.assert_allclose(pair.chroma, combine_chroma(ir_crcb, vis_crcb))
