@@ -21,7 +21,6 @@ setup(
     maintainer_email="maintainers@users.noreply.r-seed-b2a4bc32.example",
     description="Task-driven infrared/visible image fusion (TDFusion) for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "fuse = tdfusion_ros.fuse:main",

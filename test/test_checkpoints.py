@@ -29,7 +29,9 @@ def test_file_with_only_inner_conv_keys_loads(official_ivif: Path, tmp_path: Pat
     assert torch.equal(net.decoder[1].ffn.dwconv.weight, raw["decoder.1.ffn.dwconv.weight"])
 
 
-@pytest.mark.parametrize("kind, cls", [("fusion", FusionNet), ("loss_generation", LossGenerationNet)])
+@pytest.mark.parametrize(
+    "kind, cls", [("fusion", FusionNet), ("loss_generation", LossGenerationNet)]
+)
 def test_our_format_round_trips(tmp_path: Path, kind: str, cls: type) -> None:
     torch.manual_seed(3)
     net = cls()
