@@ -15,12 +15,13 @@ stamp="$venv/.tdfusion-requirements.sha256"
 want="$(cat "$root"/requirements/*.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing requirements into $venv (first run takes a few minutes)"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -r "$root/requirements/dev.txt" -c "$root/requirements/constraints.txt" 2>&1 \
-    | grep -v "^WARNING: Location" || true
-  # pip's exit status is lost in the pipe above; check the install by importing.
-  "$venv/bin/python" -c "import torch, cv2, onnxruntime, rclpy, ultralytics, transformers" \
-    || { echo "[setup] install failed" >&2; exit 1; }
+  log="$venv/pip-install.log"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check \
+      -r "$root/requirements/dev.txt" -c "$root/requirements/constraints.txt" > "$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -n 30 >&2
+    echo "[setup] pip install failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 # vision_msgs from interfaces/ (not on PyPI); a no-op when it already imports and is current.
