@@ -78,6 +78,13 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in total (0 = no limit); for smoke tests
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # YAML reads 1e-4 (no dot) as a string
+            value = getattr(self, f.name)
+            if isinstance(value, str) and f.type in ("float", "float | None", "int"):
+                try:
+                    setattr(self, f.name, (int if f.type == "int" else float)(value))
+                except ValueError:
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
         if self.ablation not in ABLATIONS:

@@ -299,6 +299,12 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None,
     from tqdm import tqdm
 
     def checkpoint() -> None:
+        for name, module in _modules(nets).items():
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise TrainingError(
+                    f"non-finite weights in {name} at epoch {position.epoch}, "
+                    f"{PHASES[position.phase]} step {position.step}; the last checkpoint "
+                    f"({out_dir / 'last.pt'}) is kept")
         if rank == 0:
             save_checkpoint(out_dir / "last.pt", config, position, nets, optimizers, schedulers,
                             history)
