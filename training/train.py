@@ -212,7 +212,8 @@ def save_final_networks(out_dir: Path, config: TrainConfig, nets: Networks,
             save_network(nets.loss, out_dir / "loss_generation.pt", "loss_generation", meta))
     task_path = out_dir / "task.pt"
     torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": config.task,
-                "classes": list(dataset.classes), "input_size": list(dataset.task_size),
+                "classes": list(dataset.classes), "num_classes": len(dataset.classes),
+                "input_size": list(dataset.task_size),
                 "state_dict": nets.task.model.state_dict(), "meta": meta}, task_path)
     paths["task"] = str(task_path)
     return paths
