@@ -14,6 +14,7 @@ setup(
         (f"share/{package_name}/launch", glob("launch/*.py")),
         (f"share/{package_name}/config", glob("config/*.yaml")),
         (f"share/{package_name}/models", glob("models/*.*")),
+        (f"share/{package_name}/models/default", glob("models/default/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -24,6 +25,9 @@ setup(
     entry_points={
         "console_scripts": [
             "fuse = tdfusion_ros.fuse:main",
+            "fusion_node = tdfusion_ros.node:main",
+            "replay_eval = tdfusion_ros.replay:main",
+            "bag_builder = tdfusion_ros.bag_builder:main",
         ],
     },
 )
