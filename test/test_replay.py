@@ -1,0 +1,420 @@
+"""replay_eval: offline replay of real bags through real ONNX Runtime sessions, the report,
+mAP, determinism, live replay into the node over DDS, and bad input.
+
+The bags are real: five pairs of ../shared/data/det (with their YOLO labels) at 160x128,
+written by the bag builder with a 10 Hz thermal camera 15 ms late and a 30 Hz RGB camera,
+and, for the live run, a few generated scenes. The bundle is the tiny one of test_pipeline.py
+(real ONNX graphs, milliseconds per frame), so the tests are about the replay and not the
+networks. Nothing here asserts a wall-clock time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from tdfusion_ros import replay
+from tdfusion_ros.bag_builder import TimingConfig, build_from_pairs, build_from_scenes
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (160, 128)
+N_PAIRS = 5
+TIMING = TimingConfig(thermal_rate_hz=10.0, rgb_rate_hz=30.0, thermal_offset_ms=15.0,
+                      jitter_ms=2.0, seed=3)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("AMENT_PREFIX_PATH", str(Path(sys.executable).resolve().parents[1]))
+    return env
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``python -m tdfusion_ros.replay ARGS`` in this process (main() returns the exit code)."""
+    code = replay.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ============================================================================ fixtures
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .test_pipeline import write_tiny_bundle
+
+    return write_tiny_bundle(tmp_path_factory.mktemp("replay_bundle"))
+
+
+@pytest.fixture(scope="module")
+def det_bag(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("replay_bags") / "det"
+    build_from_pairs(shared_data / "det", out, TIMING, labels=True, size=SIZE, limit=N_PAIRS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory: pytest.TempPathFactory, det_bag: Path,
+            tiny_bundle: Path) -> dict:
+    """One CLI run in a separate process (as a user runs it); also lists heavy imports."""
+    out = tmp_path_factory.mktemp("replay_runs") / "offline"
+    script = textwrap.dedent(f"""
+        import json, sys
+        from tdfusion_ros.replay import main
+        code = main({[str(det_bag), "--bundle", str(tiny_bundle), "--out", str(out),
+                      "--offset-from-bag", "--png", "--metrics-frames", "3"]!r})
+        heavy = sorted(m for m in ("torch", "ultralytics", "transformers") if m in sys.modules)
+        print("HEAVY=" + json.dumps(heavy))
+        sys.exit(code)
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    heavy = json.loads(proc.stdout.split("HEAVY=")[1].splitlines()[0])
+    return {"out": out, "stdout": proc.stdout, "stderr": proc.stderr, "heavy": heavy,
+            "summary": json.loads((out / "summary.json").read_text())}
+
+
+# ============================================================================ offline
+def test_runtime_path_imports_no_training_frameworks(offline: dict) -> None:
+    assert offline["heavy"] == []
+
+
+def test_offline_replay_writes_every_output_and_a_report(offline: dict) -> None:
+    out, s = offline["out"], offline["summary"]
+    n = s["frames"]["processed"]
+    assert n == N_PAIRS, s["pairing"]
+    assert f"report: {out / 'report.html'}" in offline["stdout"]
+    # video: one frame per pair at the fused size
+    video = cv2.VideoCapture(str(out / "fused.mp4"))
+    assert video.isOpened()
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == n
+    assert (int(video.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))) == SIZE
+    video.release()
+    # PNGs and masks, one per pair, named by index and RGB stamp
+    pngs = sorted((out / "fused").glob("*.png"))
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(pngs) == len(masks) == n
+    mask = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == SIZE[::-1] and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
+    # COCO JSON
+    coco = json.loads((out / "detections.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["person", "bicycle", "car"]
+    assert len(coco["images"]) == n
+    assert [f"{im['file_name']}.png" for im in coco["images"]] == [p.name for p in masks]
+    assert len(coco["annotations"]) == s["frames"]["detections"] > 0
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        assert w > 0 and h > 0 and 0 <= x and x + w <= SIZE[0] + 1e-3
+        assert 1 <= ann["category_id"] <= 3 and 0 < ann["score"] <= 1
+    # report and summary
+    html = (out / "report.html").read_text()
+    for needle in ("<svg", "Fusion quality", "Drops by cause", "Latency and throughput",
+                   "data:image/jpeg;base64,", "Detection accuracy", "AP50-95"):
+        assert needle in html, needle
+    md = (out / "summary.md").read_text()
+    assert "| person |" in md and "Drops by cause" in md
+    metrics = s["metrics"]
+    assert metrics["frames"] == 3 and metrics["every"] == 2  # subsampled, and said so
+    assert "one pair in every 2" in metrics["note"]
+    assert set(metrics["means"]) == {"EN", "SF", "SCD", "VIF", "Qabf", "SSIM"}
+    assert all(np.isfinite(v) for v in metrics["means"].values())
+    assert s["timing"]["stages"]["fusion"]["count"] == n
+    assert s["timing"]["peak_rss_mb"] > 0 and s["timing"]["fps_replay"] > 0
+    assert len(s["samples"]) == 4
+    assert all((out / sample["file"]).is_file() for sample in s["samples"])
+
+
+def test_pairs_follow_the_bag_builder_offset_and_show_the_same_source_frame(
+        offline: dict, det_bag: Path) -> None:
+    """Each processed pair's thermal and RGB messages show the same source image."""
+    labels = json.loads((det_bag / "labels.json").read_text())
+    shown = {cam: dict(map(tuple, rows)) for cam, rows in labels["frames"].items()}
+    rows = (offline["out"] / "frames.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert len(rows) - 1 == N_PAIRS
+    for row in rows[1:]:
+        cells = dict(zip(header, row.split(",")))
+        rgb, thermal = int(cells["rgb_stamp_ns"]), int(cells["thermal_stamp_ns"])
+        assert shown["rgb"][rgb] == shown["thermal"][thermal]
+        assert abs(float(cells["stamp_diff_ms"])) <= 20.0  # sync.slop after the offset
+    pairing = offline["summary"]["pairing"]
+    assert pairing["streams"]["thermal"]["paired"] == N_PAIRS
+    assert sum(pairing["streams"]["rgb"]["dropped"].values()) == (
+        pairing["streams"]["rgb"]["received"] - N_PAIRS)
+
+
+def test_output_bag_holds_the_node_messages_readable_by_rclpy(offline: dict) -> None:
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+
+    coco = json.loads((offline["out"] / "detections.json").read_text())
+    stamps = [im["stamp_ns"] for im in coco["images"]]
+    by_topic: dict[str, list] = {}
+    with Reader(offline["out"] / "fused_bag") as reader:
+        assert {c.topic: c.msgtype for c in reader.connections} == {
+            "/fused/image": "sensor_msgs/msg/Image",
+            "/fused/detections": "vision_msgs/msg/Detection2DArray",
+            "/fused/segmentation": "sensor_msgs/msg/Image"}
+        for conn, _, data in reader.messages():
+            cls = Detection2DArray if conn.topic == "/fused/detections" else Image
+            by_topic.setdefault(conn.topic, []).append(deserialize_message(bytes(data), cls))
+    images = by_topic["/fused/image"]
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in images] == stamps
+    first = images[0]
+    assert (first.width, first.height, first.encoding) == (*SIZE, "bgr8")
+    png = cv2.imread(str(sorted((offline["out"] / "fused").glob("*.png"))[0]))
+    assert np.array_equal(np.frombuffer(bytes(first.data), np.uint8).reshape(png.shape), png)
+    dets = by_topic["/fused/detections"]
+    assert sum(len(d.detections) for d in dets) == len(coco["annotations"])
+    box = dets[0].detections[0]
+    assert box.results[0].hypothesis.class_id in ("person", "bicycle", "car")
+    assert box.header.frame_id == first.header.frame_id == "rgb_optical_frame"
+    seg = by_topic["/fused/segmentation"][0]
+    assert (seg.encoding, seg.width, seg.height) == ("mono8", *SIZE)
+
+
+def test_map_is_exactly_one_when_the_labels_are_the_predictions(
+        det_bag: Path, tiny_bundle: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli([det_bag, "--bundle", tiny_bundle, "--out", tmp_path / "o",
+                              "--offset-from-bag", "--predictions-from-labels",
+                              "--metrics-frames", "0", "--samples", "0", "--no-video"], capsys)
+    assert code == 0, err
+    det = json.loads((tmp_path / "o" / "summary.json").read_text())["detection_eval"]
+    assert det["frames_evaluated"] == N_PAIRS
+    assert det["mAP50"] == 1.0 and det["mAP50-95"] == 1.0
+    assert det["AP50"]["person"] == 1.0 and det["num_gt"]["person"] > 0
+    assert "mAP50 1.0000" in out
+
+
+def test_map_of_the_detector_is_measured_against_the_labels(offline: dict) -> None:
+    det = offline["summary"]["detection_eval"]
+    assert det["frames_evaluated"] == N_PAIRS and not det["predictions_from_labels"]
+    # the tiny detector's fixed boxes are not the labelled objects: well below 1
+    assert 0.0 <= det["mAP50"] < 0.5
+    assert set(det["AP50"]) == {"person", "bicycle", "car"}
+
+
+def test_two_runs_give_identical_outputs(det_bag: Path, tiny_bundle: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    outs = []
+    for name in ("a", "b"):
+        code, _, err = run_cli([det_bag, "--bundle", tiny_bundle, "--out", tmp_path / name,
+                                "--offset-from-bag", "--metrics-frames", "-1"], capsys)
+        assert code == 0, err
+        outs.append(tmp_path / name)
+    a, b = outs
+    for rel in ("fused.mp4", "detections.json", "fused_bag/fused_bag.mcap",
+                "fusion_params.yaml"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    masks = sorted(p.name for p in (a / "masks").iterdir())
+    assert masks == sorted(p.name for p in (b / "masks").iterdir()) and len(masks) == N_PAIRS
+    for name in masks:
+        assert (a / "masks" / name).read_bytes() == (b / "masks" / name).read_bytes()
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in outs)
+    assert sa["metrics"]["series"] == sb["metrics"]["series"]
+    assert sa["pairing"] == sb["pairing"]
+    # frames.csv: identical but for the measured timings
+    rows_a, rows_b = ((p / "frames.csv").read_text().splitlines() for p in outs)
+    assert [r.split(",")[:8] for r in rows_a] == [r.split(",")[:8] for r in rows_b]
+
+
+def test_compare_runs_detects_differences(offline: dict, tmp_path: Path) -> None:
+    """The live comparison can fail: a changed pixel, a changed box and a missing pair."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    store = replay.fused_typestore()
+    src = offline["out"] / "fused_bag"
+    dst = tmp_path / "altered"
+    with Reader(src) as reader:
+        writer = Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer.open()
+        conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store)
+                 for c in reader.connections}
+        counts: dict[str, int] = {}
+        for conn, timestamp, data in reader.messages():
+            k = counts[conn.topic] = counts.get(conn.topic, 0) + 1
+            if k == 1:  # the node "skipped" the first pair
+                continue
+            if conn.topic == "/fused/image" and k == 2:
+                msg = store.deserialize_cdr(data, conn.msgtype)
+                pixels = msg.data.copy()
+                pixels[10] = np.uint8((int(pixels[10]) + 3) % 256)
+                msg.data = pixels
+                data = store.serialize_cdr(msg, conn.msgtype)
+            if conn.topic == "/fused/detections" and k == 3:
+                msg = store.deserialize_cdr(data, conn.msgtype)
+                msg.detections[0].bbox.size_x += 2.0
+                data = store.serialize_cdr(msg, conn.msgtype)
+            writer.write(conns[conn.id], timestamp, data)
+        writer.close()
+    result = replay.compare_runs(src, dst)
+    assert result["both"] == N_PAIRS - 1 and result["skipped_by_node"] == 1
+    assert result["images_equal"] == N_PAIRS - 2 and result["image_max_abs_diff"] == 3
+    assert result["detections_equal"] == N_PAIRS - 2
+    assert result["segmentation_equal"] == N_PAIRS - 1
+    assert not result["agree"] and len(result["mismatches"]) == 2
+    same = replay.compare_runs(src, src)
+    assert same["agree"] and same["both"] == N_PAIRS and same["image_max_abs_diff"] == 0
+
+
+def test_topics_are_resolved_or_listed() -> None:
+    from tdfusion_ros.bag_reader import TopicInfo
+
+    image = "sensor_msgs/msg/Image"
+    topics = [TopicInfo("/boson/lwir/image", image, 3), TopicInfo("/cam/color/image", image, 9),
+              TopicInfo("/imu", "sensor_msgs/msg/Imu", 90)]
+    assert replay.resolve_topics(topics, None, None) == ("/boson/lwir/image", "/cam/color/image")
+    assert replay.resolve_topics(topics, "/a", "/b") == ("/a", "/b")
+    two = [TopicInfo("/left/image", image, 3), TopicInfo("/right/image", image, 3)]
+    with pytest.raises(replay.ReplayError, match="--thermal-topic") as err:
+        replay.resolve_topics(two, None, None)
+    assert "/left/image" in str(err.value) and "/right/image" in str(err.value)
+
+
+# ============================================================================ live
+def test_live_replay_into_the_node_agrees_with_offline(tmp_path: Path, tiny_bundle: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    bag = tmp_path / "scenes"
+    build_from_scenes(6, bag, TimingConfig(thermal_rate_hz=10.0, rgb_rate_hz=30.0,
+                                           thermal_offset_ms=15.0, seed=5), size=SIZE)
+    from .test_node import domain_id
+
+    code, out, err = run_cli([bag, "--bundle", tiny_bundle, "--out", tmp_path / "o",
+                              "--offset-from-bag", "--live", "--domain-id", domain_id(),
+                              "--metrics-frames", "0", "--live-timeout", "90"], capsys)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    live = summary["live"]
+    assert code == 0, f"{err}\n{json.dumps(live, indent=1)[:4000]}"
+    cmp_ = live["comparison"]
+    assert cmp_["offline_pairs"] == summary["frames"]["processed"] == 6
+    # at 10 Hz the tiny bundle keeps up: the node should process (nearly) every pair
+    assert cmp_["both"] >= 4 and cmp_["both"] + cmp_["skipped_by_node"] == 6
+    assert cmp_["images_equal"] == cmp_["both"] and cmp_["image_max_abs_diff"] <= 1
+    assert cmp_["detections_equal"] == cmp_["detections_compared"] == cmp_["both"]
+    assert cmp_["segmentation_equal"] == cmp_["both"] and cmp_["agree"]
+    assert live["node_exit"] == 0 and live["played"] > 6
+    assert live["node_counters"]["inputs: thermal.received"] == str(
+        summary["pairing"]["streams"]["thermal"]["received"])
+    assert "Live run versus offline" in (tmp_path / "o" / "report.html").read_text()
+    assert "live: " in out and "AGREE" in out
+
+
+# ============================================================================ bad input
+def _copy_bag(bag: Path, dst: Path) -> Path:
+    shutil.copytree(bag, dst)
+    return dst
+
+
+def test_truncated_bag_is_processed_up_to_the_damage(det_bag: Path, tiny_bundle: Path,
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bag = _copy_bag(det_bag, tmp_path / "cut")
+    mcap = next(bag.glob("*.mcap"))
+    with mcap.open("r+b") as f:
+        f.truncate(mcap.stat().st_size * 6 // 10)
+    args = [bag, "--bundle", tiny_bundle, "--offset-from-bag", "--metrics-frames", "0"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert "warning:" in err and "damaged" in err and "after" in err and "message(s)" in err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert 0 < s["frames"]["processed"] < N_PAIRS
+    assert "damaged" in s["bag"]["damage"]
+    assert "damaged" in (tmp_path / "o" / "report.html").read_text()
+    code, _, _ = run_cli([*args, "--out", tmp_path / "o2", "--fail-on-damage"], capsys)
+    assert code == replay.EXIT_DAMAGED
+
+
+def _write_bag(path: Path, topics: dict[str, str], messages: list[tuple[str, int, bytes]]) -> Path:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    store = replay.fused_typestore()
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    conns = {t: writer.add_connection(t, ty, typestore=store) for t, ty in topics.items()}
+    for topic, ts, data in messages:
+        writer.write(conns[topic], ts, data)
+    writer.close()
+    return path
+
+
+def test_bad_inputs_exit_non_zero_with_a_clear_message(det_bag: Path, tiny_bundle: Path,
+                                                       tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    store = replay.fused_typestore()
+    base = ["--bundle", tiny_bundle, "--offset-from-bag"]
+
+    def fails(bag: Path | str, *extra: object) -> str:
+        code, _, err = run_cli([bag, *base, "--out", tmp_path / f"o{len(list(tmp_path.iterdir()))}",
+                                *extra], capsys)
+        assert code == replay.EXIT_BAD_INPUT, err
+        assert err.startswith("error: ") and "Traceback" not in err
+        return err
+
+    # no such bag
+    assert "does not exist" in fails(tmp_path / "nope")
+    # empty bag
+    empty = _write_bag(tmp_path / "empty", {"/thermal/image_raw": "sensor_msgs/msg/Image",
+                                            "/rgb/image_raw": "sensor_msgs/msg/Image"}, [])
+    assert "no messages" in fails(empty)
+    # a topic that is not there: the bag's topics are listed
+    err = fails(det_bag, "--thermal-topic", "/flir/image")
+    assert "/flir/image" in err and "/thermal/image_raw" in err and "/rgb/image_raw" in err
+    # unknown message type on the thermal topic
+    text = store.serialize_cdr(store.types["std_msgs/msg/String"](data="hot"),
+                               "std_msgs/msg/String")
+    with replay.BagReader(det_bag, ["/rgb/image_raw"]) as reader:
+        rgb = [(m.topic, m.receive_ns, bytes(m.raw)) for m in reader.messages(decode=False)][:3]
+    typed = _write_bag(tmp_path / "typed", {"/thermal/image_raw": "std_msgs/msg/String",
+                                            "/rgb/image_raw": "sensor_msgs/msg/Image"},
+                       [("/thermal/image_raw", rgb[0][1] - 1, bytes(text)), *rgb])
+    err = fails(typed)
+    assert "std_msgs/msg/String" in err and "not an image" in err
+    # a storage plugin this machine does not have
+    plugin = _copy_bag(det_bag, tmp_path / "plugin")
+    meta = yaml.safe_load((plugin / "metadata.yaml").read_text())
+    meta["rosbag2_bagfile_information"]["storage_identifier"] = "rosbag_v2"
+    (plugin / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    assert "storage plugin 'rosbag_v2'" in fails(plugin)
+    # ambiguous topics: listed, with the option to pass
+    with replay.BagReader(det_bag, None) as reader:
+        raw = [(m.topic, m.receive_ns, bytes(m.raw)) for m in reader.messages(decode=False)][:4]
+    renamed = {"/thermal/image_raw": "/cam_a/image", "/rgb/image_raw": "/cam_b/image"}
+    odd = _write_bag(tmp_path / "odd", {v: "sensor_msgs/msg/Image" for v in renamed.values()},
+                     [(renamed[t], ts, d) for t, ts, d in raw])
+    err = fails(odd)
+    assert "--thermal-topic" in err and "/cam_a/image" in err and "/cam_b/image" in err
+    # bad parameters and bundles are named
+    assert "sync.slop" in fails(det_bag, "--set", "sync.slop=-1")
+    assert "sync.slopp" in fails(det_bag, "--set", "sync.slopp=0.1")
+    assert "bundle.yaml" in fails(det_bag, "--bundle", tmp_path / "no_bundle")
+
+
+# ============================================================================ demo
+def test_demo_script_runs_at_reduced_size(tmp_path: Path, tiny_bundle: Path) -> None:
+    """The README's main job, as CI runs it: reduced size, the tiny bundle, live included."""
+    env = _env()
+    env.update(DEMO_OUT=str(tmp_path / "demo"), DEMO_SCENES="6", DEMO_SIZE="160x128",
+               DEMO_BUNDLE=str(tiny_bundle), DEMO_METRICS="3")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = tmp_path / "demo" / "replay" / "report.html"
+    assert f"[demo] report: {report}" in proc.stdout
+    summary = json.loads((tmp_path / "demo" / "replay" / "summary.json").read_text())
+    assert summary["frames"]["processed"] >= 4
+    assert summary["detection_eval"]["frames_evaluated"] == summary["frames"]["processed"]
+    assert summary["live"]["comparison"]["agree"]
