@@ -65,6 +65,17 @@ def test_trains_end_to_end(tmp_path: Path, task: str) -> None:
     # the fusion network it wrote loads with the ordinary loader
     from tdfusion_ros.checkpoints import load_network
     load_network(out / "fusion.pt", "fusion")
+    # and the run exports to a bundle the runtime loads, task graph included
+    bundle_dir = tmp_path / "bundle"
+    exported = run([sys.executable, "training/export.py", "--fusion", str(out / "fusion.pt"),
+                    "--task", str(out / "task.pt"), "--out", str(bundle_dir),
+                    "--check-crop", "64x96"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    from tdfusion_ros.bundle import load_bundle
+    graph = "segmenter" if task == "segmentation" else "detector"
+    bundle = load_bundle(bundle_dir)
+    assert bundle.graph(graph).path.is_file()
+    assert bundle.graph("fusion").path.is_file()
 
 
 def test_killed_run_resumes_exactly(tmp_path: Path) -> None:

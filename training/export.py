@@ -371,14 +371,45 @@ def export_fusion(net: FusionNet, path: str | Path, *, opset: int = DEFAULT_OPSE
 
 
 def export_task_graphs(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
-    """Hook for the task networks: return bundle.yaml entries keyed "detector"/"segmenter".
+    """bundle.yaml entries "detector"/"segmenter" for each ``--task`` checkpoint (``task.pt``).
 
-    Each entry comes from ``training.onnx_task_export.export_detector`` /
-    ``export_segmenter`` writing ``out/detector.onnx`` / ``out/segmenter.onnx``; the CLI
-    options that select their checkpoints are added next to ``--fusion``. Until then no
-    task graph is exported.
+    The task networks are rebuilt from the checkpoint's record (task, classes, input size), as
+    ``training/train.py`` wrote it, and exported by ``training.onnx_task_export``. Both graphs
+    take sides that are multiples of 32: the training input size padded at the bottom/right
+    (240x320 -> 256x320), which is what the detector saw in training (``DetectionTask``); the
+    runtime letterbox is therefore top-left aligned.
     """
-    return {}
+    import torch
+
+    from training.onnx_task_export import export_detector, export_segmenter
+    from training.task_networks import DetectionTask, SegmentationTask
+
+    entries: dict[str, dict[str, Any]] = {}
+    for path in args.task or []:
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+            raise SystemExit(f"error: {path}: not a readable task checkpoint ({err})") from err
+        if not isinstance(record, dict) or record.get("network") != "task":
+            raise SystemExit(f"error: {path}: not a task checkpoint written by training/train.py")
+        kind, classes = record["task"], list(record["classes"])
+        size = tuple(int(v) for v in record["input_size"])
+        padded = tuple(-(-v // 32) * 32 for v in size)
+        if kind == "detection":
+            task = DetectionTask(len(classes), size)
+            task.model.load_state_dict(record["state_dict"])
+            entries["detector"] = export_detector(
+                task.model.eval(), out / "detector.onnx", padded, args.opset,
+                class_names=classes, letterbox_center=False)
+        elif kind == "segmentation":
+            task = SegmentationTask(len(classes), size)
+            task.model.load_state_dict(record["state_dict"])
+            entries["segmenter"] = export_segmenter(
+                task.model.eval(), out / "segmenter.onnx", padded, args.opset,
+                class_names=classes)
+        else:
+            raise SystemExit(f"error: {path}: unknown task {kind!r}")
+    return entries
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -387,6 +418,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fusion", required=True,
                         help="F checkpoint: official TDFusion/ReFusion .pth or ours")
     parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--task", action="append", metavar="TASK_PT",
+                        help="task network checkpoint (task.pt of training/train.py) to export "
+                             "as detector.onnx or segmenter.onnx; repeatable")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--naive", action="store_true",
                         help="export FusionNet as written (no rewrite), for comparisons")
