@@ -37,8 +37,9 @@ Paper ablations, as options (``MetaConfig``; the default is the paper's method):
 
 Choices where the official code differs or is silent (documented so they can be revisited):
 
-* Which fused image adapts T: F'(meta-train) detached, as the official code does (it calls F
-  after its inner update).
+* Which fused image adapts T: F'(meta-train) detached, our choice (T' then adapts to the
+  fused image it is tested on); the official ``train.py`` calls F there without its fast
+  weights, i.e. the un-updated F.
 * T's inner step is plain SGD with eta (the paper's Eq.); the official code takes one step of
   T's Adam optimiser instead and then reloads T's weights from disk (Adam's moments keep that
   step).
