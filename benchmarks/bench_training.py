@@ -293,7 +293,7 @@ def official_meta(setup: Setup, opts: dict[str, Any], probe: Probe) -> dict[str,
     official_outer_update(loss_net, float(opts["loss"].param_groups[0]["lr"]))
     probe.mark("G update")
     t0 = time.perf_counter()
-    task.model.load_state_dict(torch.load(probe.path))
+    task.model.load_state_dict(torch.load(probe.path, weights_only=True))
     probe.io += time.perf_counter() - t0
     for module in (fusion, loss_net, task.model):  # frees the graph that F's .grad holds
         module.zero_grad(set_to_none=True)
