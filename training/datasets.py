@@ -699,10 +699,16 @@ class GeneratedScenes(PairDataset):
         return Sample(self._names[index], ir_y, vis_y, target)
 
 
+def _labelled_pairs(**options: Any) -> PairDataset:
+    from training.labelled_pairs import labelled_pairs  # that module builds on this one
+
+    return labelled_pairs(**options)
+
+
 #: Dataset builders by name, for configuration files: ``build_dataset("msrs", root=...)``.
 DATASETS: dict[str, Callable[..., PairDataset]] = {
     "msrs": msrs, "fmb": fmb, "m3fd": m3fd, "llvip": llvip, "folder": pair_folder,
-    "scene_folder": scene_folder, "scenes": GeneratedScenes,
+    "scene_folder": scene_folder, "scenes": GeneratedScenes, "labelled_pairs": _labelled_pairs,
 }
 
 
