@@ -72,6 +72,7 @@ class TrainConfig:
     separate_ft_phase: bool = True
     fused_image: str = "network"
     init_fusion: str | None = None  # F checkpoint to start from (official or ours)
+    init_task: str | None = None  # task.pt to start T from (a detector that already sees objects)
     checkpoint_every: int = 100  # steps; also at the end of every phase
     log_every: int = 10
     image_every: int = 200

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tdfusion_ros import scenes
 from training.datasets import (
     DatasetError,
     FileDataset,
@@ -79,7 +78,8 @@ def day_night_split(names: Sequence[str], val_fraction: float = 0.15, seed: int 
 def _root_files(root: Path, task: Task) -> tuple[list[PairFiles], tuple[str, ...]]:
     folder, class_file, suffixes = _LABEL_DIRS[task]
     base = _existing_dir(root, "labelled pairs")
-    files = _pair_files(_existing_dir(base / "ir", "infrared"), _existing_dir(base / "vi", "visible"),
+    files = _pair_files(_existing_dir(base / "ir", "infrared"),
+                        _existing_dir(base / "vi", "visible"),
                         _existing_dir(base / folder, f"{task} label"), suffixes,
                         missing_labels_ok=True)
     if task == "detection":

@@ -90,7 +90,16 @@ def build_networks(config: TrainConfig, dataset: datasets.PairDataset,
         fusion = load_network(config.init_fusion) if config.init_fusion else FusionNet()
         fusion = fusion.to(device).train()
     loss = LossGenerationNet().to(device).train() if config.use_loss_network else None
-    task = build_task(config, dataset).to(device)
+    task = build_task(config, dataset)
+    if config.init_task:
+        record = torch.load(config.init_task, map_location="cpu", weights_only=True)
+        if not isinstance(record, dict) or record.get("task") != config.task:
+            raise TrainingError(f"{config.init_task}: not a {config.task} task.pt")
+        if list(record["classes"]) != list(dataset.classes):
+            raise TrainingError(f"{config.init_task}: classes {record['classes']} differ from "
+                                f"the dataset's {list(dataset.classes)}")
+        task.model.load_state_dict(record["state_dict"])
+    task = task.to(device)
     task.model.train()
     return Networks(fusion, loss, task)
 

@@ -1,0 +1,270 @@
+"""The recipe of the shipped default model (``models/default``) and its comparison (Table 2).
+
+    python training/default_model.py                       # every stage, in order (~2 h, 2 cores)
+    python training/default_model.py --stages fusion_fixed,fused_fixed --threads 1   # a part
+    python training/default_model.py --list                # the stages and whether each is done
+
+Stages, each written under ``run_dir`` and skipped when its output exists (an interrupted stage
+resumes from its own checkpoint), so the recipe can be run in pieces or as two parallel
+processes with disjoint stage lists:
+
+1. ``fused_init``, ``detector_init``: fuse the pairs with the initial F (fixed loss, generated
+   scenes) and train a YOLOv8n on them: the warm T that sees objects when G starts to learn.
+2. ``fusion_tdfusion``: Algorithm 1 (``config/train_default.yaml``): G meta-learned against the
+   detection loss, F with G's loss, T from the warm detector. ``fusion_fixed``: the same run
+   with the fixed loss w = 1/2 (ablation I): same F initialisation, budget and batch order.
+3. For each arm (infrared only, visible only, fixed-loss F, TDFusion's F): ``fused_<arm>`` fuses
+   every pair, ``detector_<arm>`` trains YOLOv8n with ultralytics' trainer and
+   ``segmenter_<arm>`` SegFormer-B0, each with the same initialisation, data order and budget.
+4. ``evaluate``: mAP50 / mAP50-95 and IoU per class on the validation split, for every arm and
+   seed: ``results.json`` and ``results.md`` in ``results_dir``.
+5. ``detector_final``, ``segmenter_final``: the shipped task networks, arm (d)'s trained on for
+   more epochs on the same data (the comparison arms all stop at the same, smaller budget).
+6. ``export``: TDFusion's F with those two into the bundle (``models/default``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from training.config import load_config  # noqa: E402
+
+ARMS = ("ir", "vis", "fixed", "tdfusion")
+ARM_TITLES = {"ir": "(a) infrared only", "vis": "(b) visible only",
+              "fixed": "(c) F, fixed loss w = 1/2", "tdfusion": "(d) TDFusion F (learned loss)"}
+
+
+@dataclass
+class Recipe:
+    run_dir: str = "runs/default"
+    algorithm1: str = "config/train_default.yaml"
+    results_dir: str = "results/msrs_default"
+    bundle: str = "models/default"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    warm_detector_epochs: int = 15
+    detector: dict[str, Any] = field(default_factory=lambda: {
+        "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320]})
+    segmenter: dict[str, Any] = field(default_factory=lambda: {
+        "epochs": 8, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
+    final_detector_epochs: int = 30   # the shipped detector: arm (d)'s, trained on
+    final_segmenter_epochs: int = 12  # the shipped segmenter: likewise
+    threads: int = 2
+
+    @property
+    def root(self) -> Path:
+        return REPO / self.run_dir
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    known = set(Recipe.__dataclass_fields__)
+    unknown = sorted(set(raw or {}) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(known))}")
+    return Recipe(**(raw or {}))
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Stages:
+    """The recipe's stages by name, in run order; ``done(name)`` tells whether one is finished."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.r = recipe
+        self.alg1 = load_config(REPO / recipe.algorithm1)
+        options = dict(self.alg1.data.options)
+        self.data = {k: options[k] for k in ("roots", "val_names", "scenes_count", "scenes_size")
+                     if k in options}
+        self.order: list[tuple[str, Callable[[], None], Path]] = []
+        root = recipe.root
+        self._add("fused_init", lambda: self._fuse("init", str(REPO / self.alg1.init_fusion)),
+                  root / "fused" / "init" / "fused.json")
+        self._add("detector_init", lambda: self._detector("init", 0, recipe.warm_detector_epochs),
+                  root / "detector_init_s0" / "task.pt")
+        for arm, ablation in (("tdfusion", "none"), ("fixed", "I")):
+            self._add(f"fusion_{arm}", lambda a=arm, ab=ablation: self._algorithm1(a, ab),
+                      root / arm / "fusion.pt")
+        for arm in ARMS:
+            self._add(f"fused_{arm}", lambda a=arm: self._fuse(a, self._source(a)),
+                      root / "fused" / arm / "fused.json")
+        for seed in recipe.seeds:
+            for arm in ARMS:
+                self._add(f"detector_{arm}_s{seed}", lambda a=arm, s=seed: self._detector(a, s),
+                          root / f"detector_{arm}_s{seed}" / "metrics.json")
+                self._add(f"segmenter_{arm}_s{seed}",
+                          lambda a=arm, s=seed: self._segmenter(a, s),
+                          root / f"segmenter_{arm}_s{seed}" / "metrics.json")
+        self._add("detector_final", self._detector_final, root / "detector_final" / "metrics.json")
+        self._add("segmenter_final", self._segmenter_final,
+                  root / "segmenter_final" / "metrics.json")
+        self._add("evaluate", self._evaluate, REPO / recipe.results_dir / "results.json")
+        self._add("export", self._export, REPO / recipe.bundle / "bundle.yaml")
+
+    def _add(self, name: str, run: Callable[[], None], output: Path) -> None:
+        self.order.append((name, run, output))
+
+    def done(self, name: str) -> bool:
+        return {n: out for n, _, out in self.order}[name].is_file()
+
+    # --------------------------------------------------------------------------- stages
+
+    def _source(self, arm: str) -> str:
+        return arm if arm in ("ir", "vis") else str(self.r.root / arm / "fusion.pt")
+
+    def _fuse(self, arm: str, source: str) -> None:
+        from training.fused_dataset import write_fused_dataset
+
+        write_fused_dataset(self.r.root / "fused" / arm, source, threads=self.r.threads,
+                            log=_log, **self.data)
+
+    def _algorithm1(self, arm: str, ablation: str) -> None:
+        from training import train
+
+        out_dir = self.r.root / arm
+        last = out_dir / "last.pt"
+        if last.is_file():
+            _log(f"Algorithm 1 ({arm}): resuming from {last}")
+            state = train.load_checkpoint(last)
+            config = train.TrainConfig(**state["config"])
+        else:
+            state = None
+            overrides = [f"out_dir={out_dir}", f"ablation={ablation}"]
+            if ablation == "none":  # T starts from the warm detector; F alone ignores T
+                overrides.append(f"init_task={self.r.root / 'detector_init_s0' / 'task.pt'}")
+            config = load_config(REPO / self.r.algorithm1, overrides)
+            config.init_fusion = str(REPO / config.init_fusion)
+        import torch
+
+        torch.set_num_threads(self.r.threads)
+        train.train(config, state, show_progress=False)
+
+    def _detector(self, arm: str, seed: int, epochs: int | None = None) -> None:
+        from training.fused_dataset import FusedDataset
+        from training.train_detector import evaluate_detector, train_detector
+
+        data = FusedDataset(self.r.root / "fused" / arm)
+        out = self.r.root / f"detector_{arm}_s{seed}"
+        d = self.r.detector
+        task_pt = train_detector(data, out, epochs=epochs or d["epochs"], imgsz=d["imgsz"],
+                                 batch=d["batch"], seed=seed, threads=self.r.threads,
+                                 input_size=tuple(d["input_size"]))
+        metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _log(f"detector {arm} seed {seed}: mAP50 {metrics['mAP50']:.3f}, "
+             f"mAP50-95 {metrics['mAP50-95']:.3f}")
+
+    def _segmenter(self, arm: str, seed: int) -> None:
+        from training.fused_dataset import FusedDataset
+        from training.train_segmenter import evaluate_segmenter, train_segmenter
+
+        data = FusedDataset(self.r.root / "fused" / arm)
+        out = self.r.root / f"segmenter_{arm}_s{seed}"
+        s = self.r.segmenter
+        task_pt = train_segmenter(data, out, epochs=s["epochs"], batch=s["batch"], lr=s["lr"],
+                                  seed=seed, threads=self.r.threads,
+                                  input_size=tuple(s["input_size"]), log=_log)
+        metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _log(f"segmenter {arm} seed {seed}: mIoU {metrics['mIoU']:.3f}")
+
+    def _detector_final(self) -> None:
+        """The shipped detector: arm (d)'s, trained on for more epochs on the same data."""
+        from training.fused_dataset import FusedDataset
+        from training.train_detector import evaluate_detector, train_detector
+
+        data = FusedDataset(self.r.root / "fused" / "tdfusion")
+        out = self.r.root / "detector_final"
+        d = self.r.detector
+        init = self.r.root / "detector_tdfusion_s0" / "yolo" / "weights" / "last.pt"
+        task_pt = train_detector(data, out, epochs=self.r.final_detector_epochs,
+                                 imgsz=d["imgsz"], batch=d["batch"], seed=0,
+                                 threads=self.r.threads, input_size=tuple(d["input_size"]),
+                                 init=init)
+        metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _log(f"final detector: mAP50 {metrics['mAP50']:.3f}, mAP50-95 {metrics['mAP50-95']:.3f}")
+
+    def _segmenter_final(self) -> None:
+        from training.fused_dataset import FusedDataset
+        from training.train_segmenter import evaluate_segmenter, train_segmenter
+
+        data = FusedDataset(self.r.root / "fused" / "tdfusion")
+        out = self.r.root / "segmenter_final"
+        s = self.r.segmenter
+        task_pt = train_segmenter(data, out, epochs=self.r.final_segmenter_epochs,
+                                  batch=s["batch"], lr=s["lr"] / 2, seed=0,
+                                  threads=self.r.threads, input_size=tuple(s["input_size"]),
+                                  init=self.r.root / "segmenter_tdfusion_s0" / "task.pt", log=_log)
+        metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _log(f"final segmenter: mIoU {metrics['mIoU']:.3f}")
+
+    def _evaluate(self) -> None:
+        from training.comparison_report import write_comparison
+
+        write_comparison(self.r, REPO / self.r.results_dir)
+
+    def _export(self) -> None:
+        root = self.r.root
+        command = [sys.executable, str(REPO / "training" / "export.py"),
+                   "--fusion", str(root / "tdfusion" / "fusion.pt"),
+                   "--task", str(root / "detector_final" / "task.pt"),
+                   "--task", str(root / "segmenter_final" / "task.pt"),
+                   "--out", str(REPO / self.r.bundle)]
+        _log("export: " + " ".join(command))
+        subprocess.run(command, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "config" / "default_model.yaml"))
+    parser.add_argument("--stages", help="comma-separated stage names (default: all, in order)")
+    parser.add_argument("--threads", type=int, help="CPU threads per stage (overrides config)")
+    parser.add_argument("--list", action="store_true", help="list the stages and exit")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.config)
+    if args.threads:
+        recipe.threads = args.threads
+    stages = Stages(recipe)
+    names = [n for n, _, _ in stages.order]
+    if args.list:
+        for name in names:
+            print(f"{'done' if stages.done(name) else '    '}  {name}")
+        return 0
+    chosen = args.stages.split(",") if args.stages else names
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    for name, run, output in stages.order:
+        if name not in chosen:
+            continue
+        if output.is_file() and name not in ("evaluate", "export"):
+            _log(f"{name}: done ({output})")
+            continue
+        _log(f"{name}: start")
+        started = time.time()
+        run()
+        _log(f"{name}: finished in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

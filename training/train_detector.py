@@ -1,0 +1,181 @@
+"""Train the deployed YOLOv8n detector on a fused dataset with ultralytics' own trainer.
+
+    python training/train_detector.py --data runs/default/fused/tdfusion --out runs/default/det \
+        [--epochs 30] [--imgsz 320] [--seed 0]
+
+Why ultralytics' trainer and not Algorithm 1's T: the detector a robot runs needs the trainer's
+augmentation (mosaic, HSV, flips, scale) and schedule to generalise from a few hundred pairs;
+Algorithm 1's T only has to supply the task signal that shapes G. The model is the same
+``DetectionModel("yolov8n.yaml", ch=1)`` that ``training.task_networks.DetectionTask`` builds,
+so the result is written as a ``task.pt`` that ``training/export.py --task`` exports.
+
+Offline: ``YOLO_OFFLINE=1``, a private ``YOLO_CONFIG_DIR`` holding a local font (its dataset
+check otherwise fetches Arial.ttf), ``amp=False`` (the AMP check fetches a model), no plots.
+``--resume`` continues the ultralytics run from its ``last.pt``.
+
+Evaluation (``evaluate_detector``) is the deployed path's: the fused image resized to the input
+size and padded at the bottom/right (``DetectionTask.predict``), COCO mAP through pycocotools on
+the validation split (``tdfusion_ros.detection_metrics``), conf 0.001 and NMS IoU 0.7 as
+ultralytics' validator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tdfusion_ros.detection_metrics import detection_metrics  # noqa: E402
+from training.fused_dataset import FusedDataset  # noqa: E402
+from training.task_networks import DetectionTask, ultralytics_config_dir  # noqa: E402
+
+__all__ = ["evaluate_detector", "load_task_checkpoint", "save_task_checkpoint", "train_detector"]
+
+DEFAULT_INPUT_SIZE = (240, 320)
+
+
+def _offline_ultralytics(threads: int) -> None:
+    """Settings that keep ultralytics' trainer off the network, and its thread count."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    config_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(ultralytics_config_dir())))
+    config_dir.mkdir(parents=True, exist_ok=True)
+    font = config_dir / "Arial.ttf"
+    if not font.is_file():  # any TTF will do: it is only used to draw labels on plots
+        import matplotlib
+
+        shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
+    import ultralytics.utils.torch_utils as torch_utils
+
+    torch_utils.NUM_THREADS = threads  # the trainer calls torch.set_num_threads with it
+
+
+def save_task_checkpoint(path: Path, task: str, classes: list[str], input_size: tuple[int, int],
+                         state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """The ``task.pt`` record of ``training/train.py`` (weights only, loadable safely)."""
+    torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": task,
+                "classes": list(classes), "num_classes": len(classes),
+                "input_size": list(input_size), "state_dict": state_dict, "meta": meta}, path)
+    return path
+
+
+def load_task_checkpoint(path: str | Path) -> dict[str, Any]:
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(record, dict) or record.get("network") != "task":
+        raise ValueError(f"{path}: not a task checkpoint (task.pt)")
+    return record
+
+
+def _ultralytics_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The float32 state dict of an ultralytics checkpoint this program has just written.
+
+    Ultralytics checkpoints pickle the whole model, so they are read with ultralytics' own
+    loader; only files of our own run are read this way, and only the weights leave here.
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model, _ = load_checkpoint(str(path), device="cpu")
+    return {k: v.float() for k, v in model.state_dict().items()}
+
+
+def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, imgsz: int = 320,
+                   batch: int = 16, seed: int = 0, threads: int = 2,
+                   input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, close_mosaic: int = 5,
+                   init: str | Path | None = None) -> Path:
+    """Train from scratch (or on from ``init``, an ultralytics checkpoint of an earlier run of
+    this program) and write ``OUT/task.pt``.
+
+    Re-running with the same ``out`` resumes an interrupted run and skips a finished one.
+    """
+    out = Path(out).resolve()
+    task_path = out / "task.pt"
+    if task_path.is_file():
+        return task_path
+    _offline_ultralytics(threads)
+    from ultralytics import YOLO
+
+    run_dir = out / "yolo"
+    last = run_dir / "weights" / "last.pt"
+    args = dict(data=str(data.data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
+                device="cpu", workers=0, deterministic=True, amp=False, plots=False, val=False,
+                project=str(out), name="yolo", exist_ok=True, pretrained=False, cache="ram",
+                close_mosaic=close_mosaic, verbose=False)
+    started = time.time()
+    if last.is_file():
+        YOLO(str(last)).train(resume=True)
+    else:
+        YOLO(str(init) if init else "yolov8n.yaml").train(**args)
+    state = _ultralytics_weights(last)
+    meta = {"trained_by": "training/train_detector.py", "data": str(data.root),
+            "fused": data.info["request"].get("source"), "epochs": epochs, "imgsz": imgsz,
+            "batch": batch, "seed": seed, "init": str(init) if init else None,
+            "seconds": round(time.time() - started, 1)}
+    return save_task_checkpoint(task_path, "detection", data.detection_classes, input_size,
+                                state, meta)
+
+
+def _read_labels(path: Path, h: int, w: int) -> np.ndarray:
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5:
+            c, cx, cy, bw, bh = (float(p) for p in parts)
+            rows.append([c, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w,
+                         (cy + bh / 2) * h])
+    return np.asarray(rows, np.float64).reshape(-1, 5)
+
+
+@torch.no_grad()
+def evaluate_detector(task_pt: str | Path, data: FusedDataset, split: str = "val",
+                      threads: int = 2) -> dict[str, Any]:
+    """COCO mAP50 / mAP50-95, overall and per class, on ``split`` of the fused dataset."""
+    torch.set_num_threads(threads)
+    record = load_task_checkpoint(task_pt)
+    task = DetectionTask(len(record["classes"]), tuple(record["input_size"]))
+    task.model.load_state_dict(record["state_dict"])
+    task.model.eval()
+    truth, preds = [], []
+    for image_path in data.images(split):
+        image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
+        h, w = image.shape
+        fused = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
+        preds.append(task.predict(fused)[0].numpy().astype(np.float64))
+        truth.append(_read_labels(data.root / "labels" / split / f"{image_path.stem}.txt", h, w))
+    result = detection_metrics(truth, preds, record["classes"])
+    result["images"] = len(truth)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="fused dataset folder (fused_dataset.py)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    data = FusedDataset(args.data)
+    task_pt = train_detector(data, args.out, epochs=args.epochs, imgsz=args.imgsz,
+                             batch=args.batch, seed=args.seed, threads=args.threads)
+    metrics = evaluate_detector(task_pt, data, threads=args.threads)
+    (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({k: metrics[k] for k in ("mAP50", "mAP50-95", "AP50")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

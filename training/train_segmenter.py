@@ -1,0 +1,199 @@
+"""Train the deployed SegFormer-B0 segmenter on a fused dataset (paper Table 2 protocol).
+
+    python training/train_segmenter.py --data runs/default/fused/tdfusion --out runs/default/seg \
+        [--epochs 40] [--seed 0]
+
+The network is ``training.task_networks.SegmentationTask`` (SegFormer MiT-B0 from its
+configuration, one input channel, nothing downloaded), trained from scratch with AdamW and a
+polynomial decay, on random flips and scale crops of the fused training images at the input size.
+Class-balanced cross-entropy (weights from the training pixels' class frequencies, square-root
+damped and capped) because mIoU counts the rare MFNet classes (cone, bump, guardrail) as much as
+the road. Checkpoints every epoch; re-running the same command resumes. The result is the same
+``task.pt`` record as ``training/train.py`` writes, which ``training/export.py --task`` exports.
+
+Evaluation: logits at the input size, upsampled to the image (bilinear) and argmaxed, per-class
+IoU over the validation split (``tdfusion_ros.metrics.ConfusionMatrix``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tdfusion_ros.metrics import ConfusionMatrix  # noqa: E402
+from training.datasets import IGNORE_INDEX  # noqa: E402
+from training.fused_dataset import FusedDataset  # noqa: E402
+from training.task_networks import SegmentationTask  # noqa: E402
+from training.train_detector import load_task_checkpoint, save_task_checkpoint  # noqa: E402
+
+__all__ = ["evaluate_segmenter", "train_segmenter"]
+
+DEFAULT_INPUT_SIZE = (240, 320)
+
+
+def _load_split(data: FusedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) uint8 and masks (N, H, W) uint8 at full resolution."""
+    pairs = data.masks(split)
+    if not pairs:
+        raise FileNotFoundError(f"{data.root}: no label maps in masks/{split}")
+    images = np.stack([cv2.imread(str(i), cv2.IMREAD_GRAYSCALE) for i, _ in pairs])
+    masks = np.stack([cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) for _, m in pairs])
+    return images, masks
+
+
+def _augment(image: np.ndarray, mask: np.ndarray, size: tuple[int, int],
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random scale (0.75-1.5 of the input size), crop or pad to ``size``, horizontal flip."""
+    h, w = size
+    scale = rng.uniform(0.75, 1.5)
+    sh, sw = max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
+    img = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 2 else
+                     cv2.INTER_LINEAR)
+    lab = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)
+    out_img = np.zeros((h, w), np.uint8)
+    out_lab = np.full((h, w), IGNORE_INDEX, np.uint8)
+    top, left = rng.integers(0, max(sh - h, 0) + 1), rng.integers(0, max(sw - w, 0) + 1)
+    crop_img, crop_lab = img[top:top + h, left:left + w], lab[top:top + h, left:left + w]
+    out_img[:crop_img.shape[0], :crop_img.shape[1]] = crop_img
+    out_lab[:crop_lab.shape[0], :crop_lab.shape[1]] = crop_lab
+    if rng.random() < 0.5:
+        out_img, out_lab = out_img[:, ::-1], out_lab[:, ::-1]
+    return out_img, out_lab
+
+
+def class_weights(masks: np.ndarray, num_classes: int, cap: float = 10.0) -> torch.Tensor:
+    """sqrt(median frequency / frequency), capped; classes absent from training get 1."""
+    counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+    freq = counts / max(counts.sum(), 1)
+    present = freq > 0
+    weights = np.ones(num_classes)
+    weights[present] = np.sqrt(np.median(freq[present]) / freq[present])
+    return torch.tensor(np.clip(weights, 1.0 / cap, cap), dtype=torch.float32)
+
+
+def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, batch: int = 8,
+                    lr: float = 1e-3, seed: int = 0, threads: int = 2,
+                    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+                    init: str | Path | None = None, log: Any = print) -> Path:
+    """Train from scratch (or on from ``init``, a task.pt); writes ``OUT/task.pt`` (resumes
+    from ``OUT/last.pt``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    task_path, last_path = out / "task.pt", out / "last.pt"
+    if task_path.is_file():
+        return task_path
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    classes = data.segmentation_classes
+    images, masks = _load_split(data, "train")
+    task = SegmentationTask(len(classes), input_size)
+    if init is not None:
+        task.model.load_state_dict(load_task_checkpoint(init)["state_dict"])
+    model = task.model.train()
+    weights = class_weights(masks, len(classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(images) / batch)
+    total = epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: max(1.0 - s / total, 0.0) ** 0.9 * min(1.0, (s + 1) / 50))
+    start_epoch, history = 0, []
+    if last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, history = state["epoch"], state["history"]
+        log(f"[seg] resumed at epoch {start_epoch}")
+    started = time.time()
+    for epoch in range(start_epoch, epochs):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(images))
+        total_loss = 0.0
+        for k in range(steps_per_epoch):
+            chosen = order[k * batch:(k + 1) * batch]
+            pairs = [_augment(images[i], masks[i], input_size, rng) for i in chosen]
+            x = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.float32) / 255.0)
+            y = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+            logits = task.run(x[:, None])
+            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            loss = F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE_INDEX)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite segmentation loss at epoch {epoch}, step {k}; "
+                                   f"the last checkpoint ({last_path}) is kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += float(loss)
+        history.append({"epoch": epoch, "loss": round(total_loss / steps_per_epoch, 4),
+                        "time_s": round(time.time() - started, 1)})
+        log(f"[seg] epoch {epoch + 1}/{epochs} loss {history[-1]['loss']:.4f} "
+            f"({time.time() - started:.0f} s)")
+        tmp = last_path.with_name("last.pt.tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "epoch": epoch + 1,
+                    "history": history}, tmp)
+        tmp.replace(last_path)
+    meta = {"trained_by": "training/train_segmenter.py", "data": str(data.root),
+            "fused": data.info["request"].get("source"), "epochs": epochs, "batch": batch,
+            "lr": lr, "seed": seed, "init": str(init) if init else None, "history": history}
+    return save_task_checkpoint(task_path, "segmentation", classes, input_size,
+                                model.state_dict(), meta)
+
+
+@torch.no_grad()
+def evaluate_segmenter(task_pt: str | Path, data: FusedDataset, split: str = "val",
+                       threads: int = 2) -> dict[str, Any]:
+    """Per-class IoU and mIoU (classes present in the split's labels or predictions)."""
+    torch.set_num_threads(threads)
+    record = load_task_checkpoint(task_pt)
+    classes = record["classes"]
+    task = SegmentationTask(len(classes), tuple(record["input_size"]))
+    task.model.load_state_dict(record["state_dict"])
+    task.model.eval()
+    matrix = ConfusionMatrix(len(classes), IGNORE_INDEX)
+    images, masks = _load_split(data, split)
+    for image, mask in zip(images, masks):
+        fused = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
+        matrix.update(task.predict(fused)[0].numpy(), mask.astype(np.int64))
+    result = matrix.compute()
+    return {"mIoU": result["mIoU"], "IoU": dict(zip(classes, result["IoU"])),
+            "mAcc": result["mAcc"], "aAcc": result["aAcc"], "images": len(images)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="fused dataset folder (fused_dataset.py)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    data = FusedDataset(args.data)
+    task_pt = train_segmenter(data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                              seed=args.seed, threads=args.threads)
+    metrics = evaluate_segmenter(task_pt, data, threads=args.threads)
+    (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({k: metrics[k] for k in ("mIoU", "IoU")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
