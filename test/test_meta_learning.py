@@ -29,6 +29,7 @@ from training.meta_learning import (
     meta_gradient,
     meta_step,
     outer_loss,
+    swap_doubled,
     trainable_params,
 )
 from training.task_networks import DetectionTask, SegmentationTask, TaskNetwork, yolo_targets
@@ -92,17 +93,28 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def meta_batches(swap: bool) -> tuple[Batch, Batch]:
+    """(meta-train, meta-test); ``swap``: each doubled with its ir/vis-swapped copy."""
+    batches = make_batch(1), make_batch(2)
+    return tuple(swap_doubled(b) for b in batches) if swap else batches
+
+
 def two_stage(
-    nets: Networks, config: MetaConfig, g_params: dict[str, Tensor], task_fast: dict[str, Tensor]
+    nets: Networks,
+    config: MetaConfig,
+    g_params: dict[str, Tensor],
+    task_fast: dict[str, Tensor],
+    swap: bool = False,
 ) -> float:
     """The two-stage computation at ``g_params``, with T' held at ``task_fast``.
 
     T is adapted on the *detached* fused image, so the meta-gradient differentiates the outer
     loss with T' fixed; the finite difference must hold it fixed too.
     """
+    meta_train, meta_test = meta_batches(swap)
     with torch.enable_grad():
-        inner = inner_update(nets, make_batch(1), config, g_params)._replace(task=task_fast)
-        return float(outer_loss(nets, make_batch(2), config, g_params, inner).detach())
+        inner = inner_update(nets, meta_train, config, g_params)._replace(task=task_fast)
+        return float(outer_loss(nets, meta_test, config, g_params, inner).detach())
 
 
 CONFIGS = {
@@ -116,14 +128,22 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_meta_gradient_matches_finite_differences(name: str) -> None:
-    """dL_outer/dtheta_G (second order through F') equals central differences, float64."""
-    config = CONFIGS[name]
+METHODS = ("closed_form", "double_backward")
+FD_CASES = [(name, method, False) for name in CONFIGS for method in METHODS] + [
+    (name, "closed_form", True) for name in ("paper", "official_intensity", "f_also_by_task")
+]
+
+
+@pytest.mark.parametrize(("name", "method", "swap"), FD_CASES)
+def test_meta_gradient_matches_finite_differences(name: str, method: str, swap: bool) -> None:
+    """dL_outer/dtheta_G (second order through F') equals central differences, float64, by
+    the closed form (JVP of F, VJP of G) and by the double backward, swap-doubled too."""
+    config = replace(CONFIGS[name], meta_gradient_method=method)
     nets = make_nets()
-    grads = meta_gradient(nets, make_batch(1), make_batch(2), config).grads
+    meta_train, meta_test = meta_batches(swap)
+    grads = meta_gradient(nets, meta_train, meta_test, config).grads
     base = {k: p.detach().clone() for k, p in trainable_params(nets.loss).items()}
-    task_fast = inner_update(nets, make_batch(1), config, base).task
+    task_fast = inner_update(nets, meta_train, config, base).task
     eps = 1e-6
     checks = []
     gen = torch.Generator().manual_seed(3)
@@ -135,17 +155,57 @@ def test_meta_gradient_matches_finite_differences(name: str) -> None:
         v[name].view(-1)[i] = 1.0
         checks.append((v, float(grads[name].view(-1)[i])))
     for v, analytic in checks:
-        plus = two_stage(nets, config, {k: p + eps * v[k] for k, p in base.items()}, task_fast)
-        minus = two_stage(nets, config, {k: p - eps * v[k] for k, p in base.items()}, task_fast)
+        plus = two_stage(nets, config, {k: p + eps * v[k] for k, p in base.items()}, task_fast,
+                         swap)
+        minus = two_stage(nets, config, {k: p - eps * v[k] for k, p in base.items()}, task_fast,
+                          swap)
         numeric = (plus - minus) / (2 * eps)
         assert analytic != 0.0
         assert abs(numeric - analytic) < 1e-3 * abs(analytic), (numeric, analytic)
 
 
+@pytest.mark.parametrize(("name", "swap"), [(n, s) for n in CONFIGS for s in (False, True)])
+def test_closed_form_equals_double_backward(name: str, swap: bool) -> None:
+    """Same gradients (to rounding) and losses by both paths; weighted_sum has no F', so both
+    settings take the double backward there and agree trivially."""
+    nets = make_nets()
+    results = [
+        meta_gradient(nets, *meta_batches(swap), replace(CONFIGS[name], meta_gradient_method=m))
+        for m in METHODS
+    ]
+    fast, reference = results
+    assert fast.grads.keys() == reference.grads.keys()
+    scale = max(float(g.abs().max()) for g in reference.grads.values())
+    assert scale > 0
+    for key, g in reference.grads.items():
+        torch.testing.assert_close(fast.grads[key], g, rtol=1e-9, atol=1e-12 * scale, msg=key)
+    for a, b in zip(fast.losses, reference.losses):
+        assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-12)
+
+
+def test_swap_doubled_exchanges_the_sources_and_repeats_the_targets() -> None:
+    batch = make_batch(7)
+    doubled = swap_doubled(batch)
+    for first, second in (("ir_crop", "vis_crop"), ("ir_task", "vis_task")):
+        a, b = getattr(doubled, first), getattr(doubled, second)
+        assert torch.equal(a[:2], getattr(batch, first)) and torch.equal(a[2:], b[:2])
+        assert torch.equal(b[2:], getattr(batch, first))
+    assert torch.equal(doubled.targets, torch.cat((batch.targets, batch.targets)))
+    boxes = [torch.tensor([[0.0, 1, 1, 4, 5]]), torch.tensor([[1.0, 2, 2, 6, 6], [0, 0, 0, 3, 3]])]
+    detection = Batch(batch.ir_crop, batch.vis_crop, batch.ir_task, batch.vis_task,
+                      yolo_targets(boxes, (10, 12)))
+    doubled = swap_doubled(detection).targets
+    assert doubled["batch_idx"].tolist() == [0, 1, 1, 2, 3, 3]
+    assert torch.equal(doubled["bboxes"][3:], detection.targets["bboxes"])
+    with pytest.raises(TypeError, match="cannot double targets"):
+        swap_doubled(replace(batch, targets=[1, 2]))
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("fused_image", ["network", "weighted_sum"])
-def test_meta_gradient_is_zero_when_task_ignores_the_image(fused_image: str) -> None:
+def test_meta_gradient_is_zero_when_task_ignores_the_image(fused_image: str, method: str) -> None:
     nets = make_nets(BlindTask())
-    config = MetaConfig(inner_lr=0.1, fused_image=fused_image)
+    config = MetaConfig(inner_lr=0.1, fused_image=fused_image, meta_gradient_method=method)
     result = meta_gradient(nets, make_batch(1), make_batch(2), config)
     assert result.losses.outer > 0
     assert set(result.grads) == set(trainable_params(nets.loss))
@@ -272,6 +332,8 @@ def test_ablation_switches() -> None:
             _assert_same(module, snap)
     with pytest.raises(ValueError, match="outer_step"):
         replace(joint, outer_step="sgd")
+    with pytest.raises(ValueError, match="meta_gradient_method"):
+        replace(joint, meta_gradient_method="finite_differences")
 
 
 def _scene_batch(seeds: range, kind: str, crop: int = 32) -> Batch:

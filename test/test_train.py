@@ -127,3 +127,46 @@ def test_config_errors_are_named(tmp_path: Path) -> None:
     assert "unknown config key(s) learning_rate" in result.stderr
     result = run(train_cmd(tmp_path / "y", "ablation=VI"))
     assert result.returncode == 1 and "ablation must be one of" in result.stderr
+
+
+def test_official_defaults_and_meta_step_count() -> None:
+    """The dataset configs take the official code's choices; the meta step count is explicit
+    and must split M evenly; a checkpoint written before the key existed resumes as it ran."""
+    from training.config import config_from_checkpoint, load_config
+
+    for name in ("msrs", "fmb", "m3fd", "llvip"):
+        config = load_config(REPO / "config" / f"train_{name}.yaml")
+        assert (config.outer_step, config.swap_augment, config.epochs) == (
+            "max_normalised", True, 40), name
+        assert (config.lr_step_epochs, config.lr_gamma) == (10, 0.1), name
+        assert (config.meta_steps_per_epoch, config.meta_batch_size) == (200, 1), name
+        assert config.meta_config(1e-4).meta_gradient_method == "closed_form", name
+    with pytest.raises(ValueError, match="meta_steps_per_epoch must be a positive divisor"):
+        load_config(REPO / "config" / "train_smoke.yaml", ["meta_steps_per_epoch=3"])
+    with pytest.raises(ValueError, match="meta_gradient_method"):
+        load_config(REPO / "config" / "train_smoke.yaml", ["meta_gradient_method=numeric"])
+    old = load_config(REPO / "config" / "train_smoke.yaml").to_dict()
+    del old["meta_steps_per_epoch"], old["meta_gradient_method"]
+    resumed = config_from_checkpoint(old)
+    assert resumed.meta_steps_per_epoch is None and resumed.meta_batch_size == old["batch_size"]
+
+
+def test_swap_doubles_each_batch_with_the_exchanged_copy() -> None:
+    from training.config import load_config
+    from training.train import batches, build_dataset, with_swapped_copy
+
+    for task in ("segmentation", "detection"):
+        config = load_config(REPO / "config" / "train_smoke.yaml", [f"task={task}"])
+        dataset = build_dataset(config)
+        batch = batches(dataset, [0, 1], config, (0, 2), 0)[0]
+        doubled = with_swapped_copy(batch, config)
+        assert doubled.ir_crop.shape[0] == 4 and doubled.names == batch.names * 2
+        assert torch.equal(doubled.ir_crop[2:], batch.vis_crop)
+        assert torch.equal(doubled.vis_task[2:], batch.ir_task)
+        if task == "detection":
+            assert len(doubled.boxes) == 4
+            assert doubled.targets["batch_idx"].max() >= 2
+        else:
+            assert torch.equal(doubled.targets[2:], batch.targets)
+        config.swap_augment = False
+        assert with_swapped_copy(batch, config) is batch

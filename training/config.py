@@ -1,7 +1,10 @@
 """The training configuration: one dataclass, read from YAML, overridden by ``--set key=value``.
 
-Every hyperparameter of Algorithm 1 lives here with the paper's default; options that reproduce
-the official code's choices, and the paper's Table 3 ablations, are switches on it.
+Every hyperparameter of Algorithm 1 lives here. Where the paper is silent or the official code
+(HaowenBai/TDFusion) does something that changes what G learns, the default is the official
+code's (max-normalised outer step, swap augmentation, 200 meta steps of one image, StepLR(10, 0.1),
+40 epochs; README, "Paper, official code and ours"); the alternatives and the paper's Table 3
+ablations are switches on it.
 """
 
 from __future__ import annotations
@@ -52,17 +55,22 @@ class TrainConfig:
     device: str = "auto"
     task: str = "segmentation"  # or "detection"
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = 50  # L; the official code stops at 40
+    epochs: int = 40  # L, as the official code (the paper's schedule ends there too)
     meta_samples: int = 200  # M: size of each of the disjoint meta-train/meta-test subsets
-    batch_size: int = 2
+    # Meta steps per epoch; each takes M / meta_steps_per_epoch samples of each subset (official:
+    # 200 steps of one image, plus its swapped copy). None: M / batch_size steps of batch_size
+    # (what runs before this key existed did; a resumed old checkpoint gets None).
+    meta_steps_per_epoch: int | None = 200
+    batch_size: int = 1  # F/T phase; doubled by swap_augment (official: 1 image + its copy)
     crop_size: int = 256  # fusion loss on random crops of this size
     lr: float = 1e-4  # Adam, for F and T
-    loss_net_lr: float = 1e-4  # Adam (or the max-normalised step), for G
+    loss_net_lr: float = 1e-4  # the max-normalised step (or Adam) for G
     inner_lr: float | None = None  # eta of the inner updates; None: F's current lr
-    lr_step_epochs: int = 0  # StepLR(step, gamma) as the official code (10, 0.1); 0 = constant
+    lr_step_epochs: int = 10  # StepLR(step, gamma) on F, T and G (official 10, 0.1); 0 = constant
     lr_gamma: float = 0.1
-    outer_step: str = "adam"  # "adam" (paper) or "max_normalised" (official code)
-    swap_augment: bool = False  # official: F/T phase also trained with ir and vis exchanged
+    outer_step: str = "max_normalised"  # official code; "adam" is the paper's wording
+    swap_augment: bool = True  # official: every batch + its ir/vis-swapped copy, both phases
+    meta_gradient_method: str = "closed_form"  # or "double_backward" (reference; same values)
     alpha: float = 1.0
     intensity_form: str = "paper"  # or "official" (squares G's weights)
     ablation: str = "none"  # a key of ABLATIONS
@@ -81,9 +89,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # YAML reads 1e-4 (no dot) as a string
             value = getattr(self, f.name)
-            if isinstance(value, str) and f.type in ("float", "float | None", "int"):
+            if isinstance(value, str) and f.type in ("float", "float | None", "int",
+                                                     "int | None"):
                 try:
-                    setattr(self, f.name, (int if f.type == "int" else float)(value))
+                    setattr(self, f.name, (int if f.type.startswith("int") else float)(value))
                 except ValueError:
                     raise ValueError(f"{f.name} must be a number, got {value!r}") from None
         if isinstance(self.data, dict):
@@ -98,7 +107,18 @@ class TrainConfig:
         for name in ("epochs", "meta_samples", "batch_size", "crop_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        self.meta_config(self.lr)  # validates outer_step, fused_image, intensity_form
+        if self.meta_steps_per_epoch is not None and (
+                self.meta_steps_per_epoch < 1 or self.meta_samples % self.meta_steps_per_epoch):
+            raise ValueError(f"meta_steps_per_epoch must be a positive divisor of meta_samples "
+                             f"(M = {self.meta_samples}), got {self.meta_steps_per_epoch}")
+        self.meta_config(self.lr)  # validates outer_step, fused_image, intensity_form, method
+
+    @property
+    def meta_batch_size(self) -> int:
+        """Samples of each meta subset per meta step, before the swap doubles them."""
+        if self.meta_steps_per_epoch is None:
+            return self.batch_size
+        return self.meta_samples // self.meta_steps_per_epoch
 
     def meta_config(self, current_lr: float) -> MetaConfig:
         """The step settings, with eta following F's learning-rate schedule by default."""
@@ -113,10 +133,22 @@ class TrainConfig:
             fusion_task_weight=self.fusion_task_weight,
             fused_image=self.fused_image,
             update_ft_in_meta_step=not self.separate_ft_phase,
+            meta_gradient_method=self.meta_gradient_method,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Keys added after checkpoints were first written, with the value that reproduces the runs
+#: that wrote them (``--resume`` of such a checkpoint must continue the same run).
+RESUME_DEFAULTS: dict[str, Any] = {"meta_steps_per_epoch": None}
+
+
+def config_from_checkpoint(saved: dict[str, Any]) -> TrainConfig:
+    """The ``TrainConfig`` a training checkpoint was written with (``RESUME_DEFAULTS`` for
+    keys it predates)."""
+    return TrainConfig(**{**RESUME_DEFAULTS, **saved})
 
 
 def parse_value(text: str) -> Any:

@@ -20,6 +20,29 @@ Algorithm 1, per epoch:
   - outer loss on the meta-test batch: L_t(T'(F'(a, b))), differentiated w.r.t. theta_G only.
 
   ``meta_gradient`` returns dL_outer/dtheta_G; ``outer_update`` applies it to G.
+
+  Two exact ways to get it (``MetaConfig.meta_gradient_method``):
+
+  - ``"double_backward"`` (the reference, and the official code's way): build F' with
+    ``create_graph=True`` and back-propagate the outer loss through that second-order graph.
+  - ``"closed_form"`` (default): only the intensity term of L_f depends on G's weights w, so
+    with v = dL_outer/dtheta_F' (meta-test batch) the chain rule gives
+    dL_outer/dw = -eta * d/dw [v . dL_int/dtheta_F] = -eta * d/dw sum_p dL_int/dF_p (J_F v)_p,
+    with F and the Jacobian-vector product J_F v of F at theta_F on the meta-train crops
+    (N pixels, r_ir = F - I_ir, r_vis = F - I_vis):
+
+      paper, L_int = mean(w_ir r_ir^2 + w_vis r_vis^2):
+        dL_outer/dw_ir(p) = -eta (2/N) r_ir(p) (J_F v)_p, likewise w_vis with r_vis;
+      official, L_int = mean(w_ir^2 r_ir^2) + mean(w_vis^2 r_vis^2):
+        dL_outer/dw_ir(p) = -eta (4/N) w_ir(p) r_ir(p) (J_F v)_p, likewise w_vis.
+
+    (With G's softmax, w_vis = 1 - w_ir, the paper form's net effect on w_ir is
+    -eta (2/N) (I_vis - I_ir) (J_F v)_p.) Then one vector-Jacobian product through G gives
+    dL_outer/dtheta_G. The gradient term of L_f and the lambda * L_t term of ablation III do
+    not depend on w and drop out. Cost: F forward/backward (first order) for F', the outer
+    loss forward/backward for v, one forward-mode pass of F (``torch.func.jvp``), G backward;
+    no second-order graph is kept. With ``fused_image="weighted_sum"`` there is no F' (G
+    reaches the outer loss directly), so that ablation always takes the reference path.
 * Learning of F and T, ``learning_step`` on every training batch: F by L_f with G's weights
   detached, T by L_t on the detached fused image.
 
@@ -50,9 +73,10 @@ Choices where the official code differs or is silent (documented so they can be 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -77,11 +101,13 @@ __all__ = [
     "meta_step",
     "outer_loss",
     "outer_update",
+    "swap_doubled",
     "trainable_params",
 ]
 
 OuterStep = Literal["adam", "max_normalised"]
 FusedImage = Literal["network", "weighted_sum"]
+MetaGradientMethod = Literal["closed_form", "double_backward"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,8 @@ class MetaConfig:
     of F's optimiser, 1e-4 decayed by StepLR: pass it with ``dataclasses.replace``).
     ``outer_step``: ``"adam"`` steps G's optimiser (Adam in the paper) with the meta-gradient;
     ``"max_normalised"`` is the official update (module docstring).
+    ``meta_gradient_method``: ``"closed_form"`` (JVP of F, then G's VJP) or the reference
+    ``"double_backward"``; both exact (module docstring).
     """
 
     inner_lr: float = 1e-4
@@ -100,6 +128,7 @@ class MetaConfig:
     fusion_task_weight: float = 0.0
     fused_image: FusedImage = "network"
     update_ft_in_meta_step: bool = False
+    meta_gradient_method: MetaGradientMethod = "closed_form"
 
     def __post_init__(self) -> None:
         if self.outer_step not in ("adam", "max_normalised"):
@@ -109,6 +138,11 @@ class MetaConfig:
         if self.fused_image not in ("network", "weighted_sum"):
             raise ValueError(
                 f"fused_image must be 'network' or 'weighted_sum', got {self.fused_image!r}"
+            )
+        if self.meta_gradient_method not in ("closed_form", "double_backward"):
+            raise ValueError(
+                "meta_gradient_method must be 'closed_form' or 'double_backward', "
+                f"got {self.meta_gradient_method!r}"
             )
         if self.inner_lr < 0 or self.fusion_task_weight < 0:
             raise ValueError("inner_lr and fusion_task_weight must be non-negative")
@@ -141,7 +175,8 @@ class Networks:
 
 
 class MetaLosses(NamedTuple):
-    """``outer`` keeps its graph to G's parameters; the others are detached, for logging."""
+    """``outer`` keeps its graph to G's parameters when ``meta_objective`` built it (the
+    closed-form ``meta_gradient`` returns it detached); the others are detached, for logging."""
 
     outer: Tensor
     fusion: Tensor
@@ -165,6 +200,40 @@ class LearningStepStats(NamedTuple):
     intensity_loss: float
     gradient_loss: float
     task_loss: float
+
+
+B = TypeVar("B", bound=Batch)
+
+
+def swap_doubled(batch: B) -> B:
+    """The official "swap" augmentation: the batch followed by its copy with infrared and
+    visible exchanged, as one batch of twice the size (the official code concatenates so in
+    the meta step and in the F/T phase).
+
+    Why: with both orders in every batch, a preference of G for one input slot (e.g. a bias on
+    its infrared logit) gets opposite gradients from the two halves, so G has to learn from
+    image content. Targets are repeated: a (B, ...) tensor is concatenated with itself;
+    ultralytics' dict gets the copy's boxes with ``batch_idx`` shifted by B. Other fields of
+    a dataclass subclass are left as they are.
+    """
+    n = batch.ir_crop.shape[0]
+    targets = batch.targets
+    if isinstance(targets, Tensor):
+        targets = torch.cat((targets, targets))
+    elif isinstance(targets, dict) and "batch_idx" in targets:
+        targets = {
+            k: torch.cat((t, t + n if k == "batch_idx" else t)) for k, t in targets.items()
+        }
+    else:
+        raise TypeError(f"cannot double targets of type {type(targets).__name__}")
+    return dataclasses.replace(
+        batch,
+        ir_crop=torch.cat((batch.ir_crop, batch.vis_crop)),
+        vis_crop=torch.cat((batch.vis_crop, batch.ir_crop)),
+        ir_task=torch.cat((batch.ir_task, batch.vis_task)),
+        vis_task=torch.cat((batch.vis_task, batch.ir_task)),
+        targets=targets,
+    )
 
 
 def trainable_params(module: nn.Module) -> Params:
@@ -320,13 +389,84 @@ def meta_objective(
 def meta_gradient(
     nets: Networks, meta_train: Batch, meta_test: Batch, config: MetaConfig
 ) -> MetaGradient:
-    """dL_outer/dtheta_G for G's trainable parameters; no ``.grad`` of any module is touched."""
+    """dL_outer/dtheta_G for G's trainable parameters; no ``.grad`` of any module is touched.
+
+    ``config.meta_gradient_method`` picks the closed form or the double backward (module
+    docstring); ``fused_image="weighted_sum"`` always uses the latter (there is no F').
+    """
     if nets.loss is None:
         raise ValueError("no loss network G: the fixed-weight ablation has no meta step")
     g_params = trainable_params(nets.loss)
+    if config.meta_gradient_method == "closed_form" and config.fused_image == "network":
+        return _closed_form_meta_gradient(nets, meta_train, meta_test, config, g_params)
     losses = meta_objective(nets, meta_train, meta_test, config, g_params)
     grads = _grad(losses.outer, g_params)
     return MetaGradient(dict(zip(g_params, grads)), losses)
+
+
+def _closed_form_meta_gradient(
+    nets: Networks, meta_train: Batch, meta_test: Batch, config: MetaConfig, g_params: Params
+) -> MetaGradient:
+    """The meta-gradient as G's VJP of -eta * d/dw (dL_int/dF . J_F v) (module docstring).
+
+    Same F', T' and outer loss as ``inner_update`` + ``outer_loss``, but F' is built first
+    order: its dependence on theta_G enters only through the closed form.
+    """
+    if nets.fusion is None:
+        raise ValueError("fused_image='network' needs a fusion network")
+    eta = config.inner_lr
+    ir, vis = meta_train.ir_crop, meta_train.vis_crop
+    w = _weights(nets, g_params, ir, vis)  # its graph to theta_G is kept for the final VJP
+    f_params = trainable_params(nets.fusion)
+    l_f, _ = _fusion_objective(nets, config, meta_train, f_params, None, w.detach())
+    # F' = F - eta * dL_f/dtheta_F, first order; leaves, so v = dL_outer/dtheta_F' below.
+    f_fast = {
+        n: (p - eta * g).detach().requires_grad_(True)
+        for (n, p), g in zip(f_params.items(), _grad(l_f, f_params))
+    }
+    # T' exactly as inner_update: SGD on the detached fused meta-train image of F'.
+    t_params = nets.task.trainable_params()
+    with torch.no_grad():
+        fused_task = _fuse(nets, config, f_fast, None, meta_train.ir_task, meta_train.vis_task)
+    l_t = nets.task.loss(fused_task, meta_train.targets, _state(nets.task.model, t_params))
+    t_fast = {n: p.detach() for n, p in _sgd(t_params, _grad(l_t, t_params), eta).items()}
+    del fused_task
+    inner = InnerUpdate(f_fast, t_fast, l_f.detach(), l_t.detach())
+    outer = outer_loss(nets, meta_test, config, None, inner)
+    v = _grad(outer, f_fast)
+    # J_F v at theta_F on the meta-train crops, by forward-mode AD (no graph kept).
+    buffers = {n: b.clone() for n, b in nets.fusion.named_buffers()}
+    primals = {n: p.detach() for n, p in f_params.items()}
+
+    def fusion_of(params: Params) -> Tensor:
+        return functional_call(nets.fusion, {**buffers, **params}, (ir, vis))
+
+    fused, jv = torch.func.jvp(fusion_of, (primals,), (dict(zip(f_params, v)),))
+    cotangent = _intensity_weight_cotangent(
+        fused, ir, vis, w.detach(), jv, config.fusion_loss.intensity_form, eta
+    )
+    grads = torch.autograd.grad(
+        w, list(g_params.values()), cotangent, allow_unused=True, materialize_grads=True
+    )
+    losses = MetaLosses(outer.detach(), inner.fusion_loss, inner.task_loss)
+    return MetaGradient(dict(zip(g_params, grads)), losses)
+
+
+def _intensity_weight_cotangent(
+    fused: Tensor, ir: Tensor, vis: Tensor, w: Tensor, jv: Tensor, form: str, eta: float
+) -> Tensor:
+    """dL_outer/dw, (B, 2, H, W): -eta * d/dw sum_p dL_int/dF_p (J_F v)_p (module docstring).
+
+    paper: dL_int/dF_p = (2/N) (w_ir r_ir + w_vis r_vis); official: (2/N) (w_ir^2 r_ir +
+    w_vis^2 r_vis), whose derivative in w_ir is (4/N) w_ir r_ir.
+    """
+    scale = -eta * 2.0 / fused.numel()
+    r = torch.cat((fused - ir, fused - vis), dim=1)  # (r_ir, r_vis) per pixel
+    if form == "paper":
+        return scale * r * jv
+    if form == "official":
+        return 2.0 * scale * w * r * jv
+    raise ValueError(f"intensity_form must be 'paper' or 'official', got {form!r}")
 
 
 def outer_update(

@@ -35,9 +35,15 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 from tdfusion_ros.checkpoints import load_network, save_network  # noqa: E402
 from tdfusion_ros.networks import FusionNet, LossGenerationNet  # noqa: E402
 from training import datasets  # noqa: E402
-from training.config import TrainConfig, load_config  # noqa: E402
+from training.config import TrainConfig, config_from_checkpoint, load_config  # noqa: E402
 from training.datasets import FusionBatch  # noqa: E402
-from training.meta_learning import Networks, learning_step, meta_gradient, outer_update  # noqa: E402,E501
+from training.meta_learning import (  # noqa: E402
+    Networks,
+    learning_step,
+    meta_gradient,
+    outer_update,
+    swap_doubled,
+)
 from training.task_networks import DetectionTask, SegmentationTask, TaskNetwork  # noqa: E402
 
 CHECKPOINT_FORMAT = "tdfusion_ros-train"
@@ -238,11 +244,15 @@ def check_finite(values: dict[str, float], where: str) -> None:
         raise TrainingError(f"non-finite loss at {where}: {detail}")
 
 
-def swapped(batch: FusionBatch) -> FusionBatch:
-    """The official "swap" augmentation: the same batch with infrared and visible exchanged."""
-    return FusionBatch(ir_crop=batch.vis_crop, vis_crop=batch.ir_crop, ir_task=batch.vis_task,
-                       vis_task=batch.ir_task, targets=batch.targets, names=batch.names,
-                       boxes=batch.boxes)
+def with_swapped_copy(batch: FusionBatch, config: TrainConfig) -> FusionBatch:
+    """With ``swap_augment``, the batch followed by its ir/vis-swapped copy (one step on both,
+    as the official code); otherwise the batch itself."""
+    if not config.swap_augment:
+        return batch
+    doubled = swap_doubled(batch)
+    doubled.names = batch.names + batch.names
+    doubled.boxes = None if batch.boxes is None else batch.boxes + batch.boxes
+    return doubled
 
 
 def epoch_plan(config: TrainConfig, n: int, epoch: int, rank: int, size: int
@@ -255,9 +265,11 @@ def epoch_plan(config: TrainConfig, n: int, epoch: int, rank: int, size: int
     return {"meta_train": meta_train[shard], "meta_test": meta_test[shard], "learn": order[shard]}
 
 
-def batches(dataset, indices, config: TrainConfig, keys: tuple[int, ...], start: int):
-    return datasets.EpochBatches(dataset, indices, config.batch_size, seed=config.seed,
-                                 keys=keys, crop_size=config.crop_size, start=start)
+def batches(dataset, indices, config: TrainConfig, keys: tuple[int, ...], start: int,
+            batch_size: int | None = None):
+    return datasets.EpochBatches(dataset, indices, batch_size or config.batch_size,
+                                 seed=config.seed, keys=keys, crop_size=config.crop_size,
+                                 start=start)
 
 
 def log_images(writer, nets: Networks, batch: FusionBatch, step: int) -> None:
@@ -333,15 +345,16 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None,
             position.phase, position.step, phase = 1, 0, "learn"
         if phase == "meta":
             train_b = batches(dataset, plan["meta_train"], config, (position.epoch, 2),
-                              position.step)
+                              position.step, config.meta_batch_size)
             test_b = batches(dataset, plan["meta_test"], config, (position.epoch, 3),
-                             position.step)
+                             position.step, config.meta_batch_size)
             total = min(len(train_b), len(test_b))
             bar = tqdm(range(total), desc=f"epoch {position.epoch} G", disable=not show_progress
                        or rank != 0, leave=False)
             for k in bar:
                 t0 = time.perf_counter()
-                mtrain, mtest = train_b[k].to(device), test_b[k].to(device)
+                mtrain = with_swapped_copy(train_b[k], config).to(device)
+                mtest = with_swapped_copy(test_b[k], config).to(device)
                 result = meta_gradient(nets, mtrain, mtest, meta_cfg)
                 losses = {"meta/fusion": float(result.losses.fusion),
                           "meta/inner_task": float(result.losses.inner_task),
@@ -375,12 +388,9 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None,
                        disable=not show_progress or rank != 0, leave=False)
             for k in bar:
                 t0 = time.perf_counter()
-                batch = learn_b[k].to(device)
+                batch = with_swapped_copy(learn_b[k], config).to(device)
                 stats = learning_step(nets, batch, meta_cfg, step_opts.get("fusion"),
                                       step_opts["task"])
-                if config.swap_augment:
-                    learning_step(nets, swapped(batch), meta_cfg, step_opts.get("fusion"),
-                                  step_opts["task"])
                 losses = {f"learn/{k}": v for k, v in stats._asdict().items()}
                 check_finite(losses, f"epoch {position.epoch}, learning of F and T, step "
                                      f"{position.step}")
@@ -447,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resume = load_checkpoint(args.resume) if args.resume else None
         if resume is not None:
-            config = TrainConfig(**resume["config"])
+            config = config_from_checkpoint(resume["config"])
         else:
             if not args.config:
                 parser.error("give --config (or --resume)")
