@@ -1,0 +1,179 @@
+"""The shipped default model: its bundle, parity with its PyTorch sources, and people at night.
+
+The last test starts the node exactly as the launch file starts it (``node_params.launch_spec``
+with the package's own config and default bundle, ONNX Runtime on the CPU) and plays two real
+night pairs of ../shared/data/det that the recipe held out for validation, in which the people
+are labelled in the infrared image only (``labels_vi`` has none). This file run as a script is
+the camera process; it records what the node publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as the camera script
+    sys.path.insert(0, str(REPO))
+
+BUNDLE = REPO / "models" / "default"
+SOURCES = REPO / "models" / "default_checkpoints"
+NIGHT_PAIRS = ("00008N", "00010N")  # in the recipe's validation split; people in IR only
+MFNET = ["unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone",
+         "bump"]
+
+
+def test_default_bundle_holds_the_three_graphs() -> None:
+    from tdfusion_ros.bundle import load_bundle
+
+    bundle = load_bundle(BUNDLE)  # verifies every file's sha256
+    assert set(bundle.graphs) == {"fusion", "detector", "segmenter"}
+    assert bundle.graph("detector").class_names == ["person", "bicycle", "car"]
+    assert bundle.graph("segmenter").class_names == MFNET
+    assert bundle.graph("detector").input_hw == (256, 320)
+    assert bundle.graph("segmenter").input_hw == (256, 320)
+    post = bundle.graph("detector").meta["postprocess"]
+    assert 0 < post["conf_threshold"] < 1 and 0 < post["iou_threshold"] < 1
+
+
+def test_graphs_match_their_pytorch_sources(shared_data: Path) -> None:
+    import torch
+
+    from tdfusion_ros.checkpoints import load_network
+    from training.export import check_fusion_onnx, real_pairs
+    from training.onnx_task_export import check_detector_onnx, check_segmenter_onnx
+    from training.task_networks import DetectionTask, SegmentationTask
+
+    fusion = load_network(SOURCES / "fusion.pt")
+    pairs = real_pairs(shared_data, ("00055D", "00008N"))
+    assert check_fusion_onnx(fusion, BUNDLE / "fusion.onnx", pairs)["max_abs_diff"] < 1e-4
+    images = [np.clip(0.5 * ir + 0.5 * vis, 0, 1) for _, ir, vis in pairs]
+    tasks = {}
+    for name, kind in (("detector", DetectionTask), ("segmenter", SegmentationTask)):
+        record = torch.load(SOURCES / f"{name}.pt", map_location="cpu", weights_only=True)
+        tasks[name] = kind(len(record["classes"]), tuple(record["input_size"]))
+        tasks[name].model.load_state_dict(record["state_dict"])
+    # each raises above its tolerance
+    check_detector_onnx(tasks["detector"].model.eval(), BUNDLE / "detector.onnx", images,
+                        letterbox_center=False)
+    check_segmenter_onnx(tasks["segmenter"].model.eval(), BUNDLE / "segmenter.onnx", images)
+
+
+# ------------------------------------------------------------------ the node, end to end
+
+
+def _play_and_record(out: Path, data: Path, seconds: float) -> None:
+    """Camera process: publish the pairs round-robin at 1 Hz, record detections and masks."""
+    import cv2
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+
+    from tdfusion_ros.ros_image import array_to_image
+
+    rclpy.init()
+    node = rclpy.create_node("night_camera")
+    thermal_pub = node.create_publisher(Image, "/thermal/image_raw", qos_profile_sensor_data)
+    rgb_pub = node.create_publisher(Image, "/rgb/image_raw", qos_profile_sensor_data)
+    record: dict = {"detections": [], "masks": []}
+
+    def on_detections(msg: Detection2DArray) -> None:
+        record["detections"].append({"stamp": msg.header.stamp.sec * 10**9
+                                     + msg.header.stamp.nanosec, "boxes": [
+            {"class_id": d.results[0].hypothesis.class_id,
+             "score": d.results[0].hypothesis.score, "cx": d.bbox.center.position.x,
+             "cy": d.bbox.center.position.y, "w": d.bbox.size_x, "h": d.bbox.size_y}
+            for d in msg.detections]})
+
+    def on_mask(msg: Image) -> None:
+        mask = np.frombuffer(bytes(msg.data), np.uint8)
+        record["masks"].append({"width": msg.width, "height": msg.height,
+                                "classes": sorted(set(mask.tolist()))})
+
+    node.create_subscription(Detection2DArray, "/fused/detections", on_detections, 10)
+    node.create_subscription(Image, "/fused/segmentation", on_mask, 10)
+    pairs = [(cv2.imread(str(data / "ir" / f"{n}.png"), cv2.IMREAD_GRAYSCALE),
+              cv2.imread(str(data / "vi" / f"{n}.png"), cv2.IMREAD_COLOR)) for n in NIGHT_PAIRS]
+    record["played"] = []
+    start = time.monotonic()
+    next_frame, k = start + 2.0, 0  # give discovery a moment
+    while time.monotonic() - start < seconds:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if time.monotonic() >= next_frame:
+            ir, vis = pairs[k % len(pairs)]
+            stamp = int(time.time() * 1e9)
+            thermal_pub.publish(array_to_image(ir, "mono8", stamp, "thermal"))
+            rgb_pub.publish(array_to_image(vis, "bgr8", stamp, "rgb"))
+            record["played"].append({"stamp": stamp, "name": NIGHT_PAIRS[k % len(pairs)]})
+            k, next_frame = k + 1, next_frame + 1.0
+    out.write_text(json.dumps(record))
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_node_started_by_launch_sees_people_only_the_infrared_shows(
+        shared_data: Path, tmp_path: Path) -> None:
+    from tdfusion_ros import node_params
+
+    from .test_node import domain_id, ros_env, start_node, stop
+
+    data = shared_data / "det"
+    for name in NIGHT_PAIRS:  # the premise: labelled in infrared, not in visible
+        assert "0 " in (data / "labels_ir" / f"{name}.txt").read_text()
+        assert not any(line.startswith("0 ")
+                       for line in (data / "labels_vi" / f"{name}.txt").read_text().splitlines())
+    spec = node_params.launch_spec({"backend": "onnxruntime"})  # config, bundle: the defaults
+    domain = domain_id()
+    node = start_node(spec, domain, tmp_path / "node.log")
+    out = tmp_path / "record.json"
+    try:
+        camera = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), str(out), str(data), "40"],
+            env=ros_env(domain), capture_output=True, text=True, timeout=180, cwd=REPO)
+    finally:
+        code = stop(node)
+    log = (tmp_path / "node.log").read_text()
+    assert camera.returncode == 0, camera.stdout + camera.stderr + log
+    assert code == 0, log[-3000:]
+    record = json.loads(out.read_text())
+    names = {p["stamp"]: p["name"] for p in record["played"]}
+    assert record["detections"], f"no detections published\n{log[-3000:]}"
+    assert record["masks"] and all((m["width"], m["height"]) == (640, 480)
+                                   for m in record["masks"])
+    matched = 0
+    for array in record["detections"]:
+        name = names.get(array["stamp"])
+        if name is None:
+            continue
+        truth = []
+        for line in (data / "labels_ir" / f"{name}.txt").read_text().splitlines():
+            c, cx, cy, w, h = (float(v) for v in line.split())
+            if c == 0:
+                truth.append([(cx - w / 2) * 640, (cy - h / 2) * 480, (cx + w / 2) * 640,
+                              (cy + h / 2) * 480])
+        for box in array["boxes"]:
+            if box["class_id"] != "person":
+                continue
+            xyxy = [box["cx"] - box["w"] / 2, box["cy"] - box["h"] / 2,
+                    box["cx"] + box["w"] / 2, box["cy"] + box["h"] / 2]
+            matched += any(_iou(xyxy, t) >= 0.3 for t in truth)
+    assert matched >= 1, (f"no person detection on a labelled infrared-only person: "
+                          f"{record['detections']}")
+
+
+if __name__ == "__main__":
+    _play_and_record(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]))
