@@ -59,9 +59,9 @@ class Recipe:
     detector: dict[str, Any] = field(default_factory=lambda: {
         "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320]})
     segmenter: dict[str, Any] = field(default_factory=lambda: {
-        "epochs": 8, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
-    final_detector_epochs: int = 30   # the shipped detector: arm (d)'s, trained on
-    final_segmenter_epochs: int = 12  # the shipped segmenter: likewise
+        "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
+    final_detector_epochs: int = 20   # the shipped detector: arm (d)'s, trained on
+    final_segmenter_epochs: int = 6   # the shipped segmenter: likewise
     threads: int = 2
 
     @property

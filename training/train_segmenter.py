@@ -44,13 +44,16 @@ __all__ = ["evaluate_segmenter", "train_segmenter"]
 DEFAULT_INPUT_SIZE = (240, 320)
 
 
-def _load_split(data: FusedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W) uint8 and masks (N, H, W) uint8 at full resolution."""
+def _load_split(data: FusedDataset, split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images and masks (H, W) uint8 at their own resolution (sizes may differ)."""
     pairs = data.masks(split)
     if not pairs:
         raise FileNotFoundError(f"{data.root}: no label maps in masks/{split}")
-    images = np.stack([cv2.imread(str(i), cv2.IMREAD_GRAYSCALE) for i, _ in pairs])
-    masks = np.stack([cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) for _, m in pairs])
+    images = [cv2.imread(str(i), cv2.IMREAD_GRAYSCALE) for i, _ in pairs]
+    masks = [cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) for _, m in pairs]
+    for (image_path, mask_path), image, mask in zip(pairs, images, masks):
+        if image is None or mask is None or image.shape != mask.shape:
+            raise ValueError(f"{mask_path}: unreadable, or not the size of {image_path}")
     return images, masks
 
 
@@ -103,7 +106,7 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
     if init is not None:
         task.model.load_state_dict(load_task_checkpoint(init)["state_dict"])
     model = task.model.train()
-    weights = class_weights(masks, len(classes))
+    weights = class_weights(np.concatenate([m.ravel() for m in masks]), len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(images) / batch)
     total = epochs * steps_per_epoch

@@ -1,0 +1,113 @@
+"""The default-model recipe's task stages on a few real pairs: fuse, train, evaluate, export.
+
+Tiny budgets (one epoch, six pairs): this checks that the stages fit together offline and that
+their outputs load where the bundle expects them, not how well the networks learn.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.fused_dataset import FusedDataset, write_fused_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ("00111D", "00115D", "00119D", "00004N", "00008N", "00016N")
+VAL = ("00119D", "00008N")
+
+
+@pytest.fixture(scope="module")
+def roots(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Two small roots in the shared layout (msrs_det and det pairs)."""
+    out = []
+    for name, src in (("a", shared_data / "msrs_det"), ("b", shared_data / "det")):
+        dst = tmp_path_factory.mktemp(name)
+        picked = [n for n in NAMES if (src / "ir" / f"{n}.png").is_file()]
+        for sub, ext in (("ir", ".png"), ("vi", ".png"), ("labels", ".txt"), ("seg", ".png")):
+            (dst / sub).mkdir()
+            for n in picked:
+                shutil.copy(src / sub / f"{n}{ext}", dst / sub / f"{n}{ext}")
+        for f in ("classes.txt", "seg_classes.txt"):
+            shutil.copy(src / f, dst / f)
+        out.append(str(dst))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fused(roots: list[str], tmp_path_factory: pytest.TempPathFactory) -> FusedDataset:
+    out = tmp_path_factory.mktemp("fused") / "fixed"
+    return write_fused_dataset(out, str(REPO / "models" / "fusion_default.pt"), roots=roots,
+                               val_names=VAL, scenes_count=2, scenes_size=(240, 320),
+                               threads=1, log=lambda *_: None)
+
+
+def test_fused_dataset_layout(fused: FusedDataset, roots: list[str]) -> None:
+    train, val = fused.images("train"), fused.images("val")
+    assert sorted(p.stem for p in val) == sorted(VAL)
+    assert len(train) == len(NAMES) - len(VAL) + 2  # + the generated scenes
+    import cv2
+
+    image = cv2.imread(str(val[0]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (480, 640) and image.dtype == np.uint8
+    label = (fused.root / "labels" / "val" / "00008N.txt").read_text().split()
+    original = (Path(roots[1]) / "labels" / "00008N.txt").read_text().split()
+    assert np.allclose([float(v) for v in label], [float(v) for v in original], atol=2e-6)
+    assert fused.detection_classes == ["person", "bicycle", "car"]
+    assert len(fused.segmentation_classes) == 9 and len(fused.masks("val")) == 2
+    data = json.loads(fused.data_yaml.read_text())
+    assert data["channels"] == 1 and data["names"] == {"0": "person", "1": "bicycle", "2": "car"}
+    # the same request again is not redone
+    again = write_fused_dataset(fused.root, str(REPO / "models" / "fusion_default.pt"),
+                                roots=roots, val_names=VAL, scenes_count=2,
+                                scenes_size=(240, 320), threads=1, log=lambda *_: None)
+    assert again.info == fused.info
+
+
+def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.train_detector import evaluate_detector, train_detector
+    from training.train_segmenter import evaluate_segmenter, train_segmenter
+
+    def refuse(*args, **kwargs):  # any attempt to reach the network fails the test
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    det = train_detector(fused, tmp_path / "det", epochs=1, batch=4, threads=1)
+    seg = train_segmenter(fused, tmp_path / "seg", epochs=1, batch=2, threads=1,
+                          log=lambda *_: None)
+    det_metrics = evaluate_detector(det, fused, threads=1)
+    seg_metrics = evaluate_segmenter(seg, fused, threads=1)
+    assert set(det_metrics["AP50"]) == {"person", "bicycle", "car"}
+    assert 0.0 <= det_metrics["mAP50"] <= 1.0 and det_metrics["images"] == 2
+    assert len(seg_metrics["IoU"]) == 9 and 0.0 <= seg_metrics["mIoU"] <= 1.0
+    monkeypatch.undo()
+    bundle = tmp_path / "bundle"
+    subprocess.run([sys.executable, str(REPO / "training" / "export.py"), "--fusion",
+                    str(REPO / "models" / "fusion_default.pt"), "--task", str(det), "--task",
+                    str(seg), "--out", str(bundle), "--no-check"], check=True, cwd=REPO,
+                   capture_output=True)
+    from tdfusion_ros.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    assert loaded.graph("detector").input_hw == (256, 320)
+    assert loaded.graph("segmenter").class_names == fused.segmentation_classes
+
+
+def test_recipe_lists_its_stages_and_refuses_unknown_ones() -> None:
+    listing = subprocess.run([sys.executable, str(REPO / "training" / "default_model.py"),
+                              "--list"], capture_output=True, text=True, cwd=REPO)
+    assert listing.returncode == 0
+    names = [line.split()[-1] for line in listing.stdout.splitlines()]
+    assert names[:3] == ["fused_init", "detector_init", "fusion_tdfusion"]
+    assert names[-1] == "export" and "segmenter_tdfusion_s0" in names
+    bad = subprocess.run([sys.executable, str(REPO / "training" / "default_model.py"),
+                          "--stages", "nonsense"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "unknown stage" in bad.stderr
