@@ -222,8 +222,11 @@ class Stages:
         write_comparison(self.r, REPO / self.r.results_dir)
 
     def _export(self) -> None:
+        """The bundle; the detector's score threshold is where its F1 peaks on validation."""
         root = self.r.root
+        metrics = json.loads((root / "detector_final" / "metrics.json").read_text())
         command = [sys.executable, str(REPO / "training" / "export.py"),
+                   "--conf-threshold", str(metrics["best_f1_conf"]),
                    "--fusion", str(root / "tdfusion" / "fusion.pt"),
                    "--task", str(root / "detector_final" / "task.pt"),
                    "--task", str(root / "segmenter_final" / "task.pt"),

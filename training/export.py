@@ -400,7 +400,8 @@ def export_task_graphs(args: argparse.Namespace, out: Path) -> dict[str, dict[st
             task.model.load_state_dict(record["state_dict"])
             entries["detector"] = export_detector(
                 task.model.eval(), out / "detector.onnx", padded, args.opset,
-                class_names=classes, letterbox_center=False)
+                class_names=classes, letterbox_center=False,
+                conf_threshold=args.conf_threshold, iou_threshold=args.iou_threshold)
         elif kind == "segmentation":
             task = SegmentationTask(len(classes), size)
             task.model.load_state_dict(record["state_dict"])
@@ -421,6 +422,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", action="append", metavar="TASK_PT",
                         help="task network checkpoint (task.pt of training/train.py) to export "
                              "as detector.onnx or segmenter.onnx; repeatable")
+    parser.add_argument("--conf-threshold", type=float, default=0.25,
+                        help="detector score threshold recorded in bundle.yaml (the node's "
+                             "default; detection.conf_threshold overrides it)")
+    parser.add_argument("--iou-threshold", type=float, default=0.7,
+                        help="detector NMS IoU threshold recorded in bundle.yaml")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--naive", action="store_true",
                         help="export FusionNet as written (no rewrite), for comparisons")

@@ -154,7 +154,42 @@ def evaluate_detector(task_pt: str | Path, data: FusedDataset, split: str = "val
         truth.append(_read_labels(data.root / "labels" / split / f"{image_path.stem}.txt", h, w))
     result = detection_metrics(truth, preds, record["classes"])
     result["images"] = len(truth)
+    result["f1_by_conf"] = f1_by_confidence(truth, preds)
+    best = max(result["f1_by_conf"], key=lambda c: result["f1_by_conf"][c])
+    result["best_f1_conf"] = float(best)
     return result
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return inter / (area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
+
+
+def f1_by_confidence(truth: list[np.ndarray], preds: list[np.ndarray],
+                     iou: float = 0.5) -> dict[str, float]:
+    """F1 of the detections kept at each confidence threshold 0.05 ... 0.90 (IoU 0.5, greedy
+    matching by score within each class): the deployed threshold is chosen where it peaks."""
+    out = {}
+    for conf in np.round(np.arange(0.05, 0.951, 0.05), 2):
+        tp = fp = fn = 0
+        for gt, pred in zip(truth, preds):
+            kept = pred[pred[:, 5] >= conf]
+            kept = kept[np.argsort(-kept[:, 5])]
+            used = np.zeros(len(gt), bool)
+            for row in kept:
+                same = np.flatnonzero((gt[:, 0] == row[0]) & ~used)
+                hit = same[_iou(row[1:5], gt[same, 1:5]) >= iou] if len(same) else same
+                if len(hit):
+                    used[hit[0]] = True
+                    tp += 1
+                else:
+                    fp += 1
+            fn += int((~used).sum())
+        out[f"{conf:.2f}"] = 2 * tp / max(2 * tp + fp + fn, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
