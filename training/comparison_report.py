@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
+
 __all__ = ["write_comparison"]
 
 
@@ -78,10 +80,61 @@ def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
         history = record["meta"].get("history") or []
         times[path.parent.name] = history[-1]["time_s"] if history else None
     results["seconds"] = times
+    if (root / "tdfusion" / "loss_generation.pt").is_file():
+        results["g_statistics"] = g_statistics(root / "tdfusion" / "loss_generation.pt",
+                                               recipe)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(_markdown(results, out_dir))
     return results
+
+
+def g_statistics(loss_generation: Path, recipe: Any) -> dict[str, Any]:
+    """What G learned, on the validation pairs (at 320x240): mean w_ir inside person boxes,
+    inside car boxes and elsewhere, and Spearman's rho between w_ir and (ir - vis) over the
+    pixels, which is near -1 or +1 when G is a brightness rule rather than a content one. The
+    same for an untrained G (seed 0), for reference."""
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+
+    from tdfusion_ros.checkpoints import load_network
+    from tdfusion_ros.networks import LossGenerationNet
+    from training.config import load_config
+    from training.datasets import resize_plane
+    from training.labelled_pairs import labelled_pairs
+
+    options = load_config(REPO / recipe.algorithm1).data.options
+    data = labelled_pairs(options.get("roots"), "detection", split="val",
+                          val_names=options["val_names"])
+    torch.manual_seed(0)
+    nets = {"trained": load_network(loss_generation, "loss_generation").eval(),
+            "untrained": LossGenerationNet().eval()}
+    stats: dict[str, Any] = {"pairs": len(data)}
+    for key, g in nets.items():
+        person, car, rest, rhos = [], [], [], []
+        for i in range(len(data)):
+            sample = data[i]
+            ir = resize_plane(sample.ir_y, (240, 320))
+            vis = resize_plane(sample.vis_y, (240, 320))
+            with torch.no_grad():
+                w_ir = g(torch.from_numpy(ir)[None, None],
+                         torch.from_numpy(vis)[None, None])[0, 0].numpy()
+            inside = np.zeros(w_ir.shape, bool)
+            for cls, x1, y1, x2, y2 in sample.target:
+                box = (slice(int(y1 / 2), int(np.ceil(y2 / 2))),
+                       slice(int(x1 / 2), int(np.ceil(x2 / 2))))
+                if w_ir[box].size:
+                    {0: person, 2: car}.get(int(cls), []).append(float(w_ir[box].mean()))
+                    inside[box] = True
+            rest.append(float(w_ir[~inside].mean()))
+            rhos.append(float(spearmanr(w_ir[::4, ::4].ravel(),
+                                        (ir - vis)[::4, ::4].ravel())[0]))
+        stats[key] = {"mean_w_ir_person_boxes": float(np.mean(person)),
+                      "mean_w_ir_car_boxes": float(np.mean(car)),
+                      "mean_w_ir_outside_boxes": float(np.mean(rest)),
+                      "spearman_w_ir_vs_ir_minus_vis": float(np.nanmean(rhos))}
+    return stats
 
 
 def _markdown(results: dict[str, Any], out_dir: Path) -> str:
@@ -118,6 +171,16 @@ def _markdown(results: dict[str, Any], out_dir: Path) -> str:
     lines += ["", "## Run times on this machine (2 CPU cores, seconds)", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v if v is not None else '-'} |" for k, v in results["seconds"].items()]
+    g = results.get("g_statistics")
+    if g:
+        lines += ["", f"## What G learned ({g['pairs']} validation pairs, at 320x240)", "",
+                  "| G | mean w_ir in person boxes | in car boxes | outside boxes | "
+                  "Spearman rho(w_ir, ir - vis) |", "|---|---|---|---|---|"]
+        for key in ("untrained", "trained"):
+            v = g[key]
+            lines.append(f"| {key} | {v['mean_w_ir_person_boxes']:.3f} | "
+                         f"{v['mean_w_ir_car_boxes']:.3f} | {v['mean_w_ir_outside_boxes']:.3f} | "
+                         f"{v['spearman_w_ir_vs_ir_minus_vis']:.3f} |")
     notes = out_dir / "notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]
