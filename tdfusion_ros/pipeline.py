@@ -332,6 +332,7 @@ class FusionPipeline:
         self._gain = ThermalGain(self.settings.gain)
         self._registration = Registration(self.settings.registration)
         self._last_rgb_size: tuple[int, int] | None = None  # (w, h), for thermal-only frames
+        self._last_detector_raw: tuple[np.ndarray, Any] | None = None  # (raw output, letterbox)
 
     # ------------------------------------------------------------------ building
     def _load(self, factory: EngineFactory, spec: GraphSpec) -> Any:
@@ -533,6 +534,7 @@ class FusionPipeline:
         stage = time.perf_counter()
         raw = self._engines["detector"].run({spec.inputs[0].name: tensor})[spec.outputs[0].name]
         timings["detector"] = _ms(stage)
+        self._last_detector_raw = (raw, box)
         stage = time.perf_counter()
         detections = decode_yolo(raw, thresholds.conf, thresholds.iou, thresholds.max_det, box)
         keep = detections.class_ids < len(self.class_names)
@@ -541,6 +543,23 @@ class FusionPipeline:
                                     detections.class_ids[keep])
         timings["detector_post"] = _ms(stage)
         return detections
+
+    def decode_last_detections(self, conf: float, iou: float | None = None,
+                               max_det: int | None = None) -> Detections | None:
+        """The last frame's detector output decoded again at other thresholds (``None``: the
+        current ones), e.g. at the low confidence an mAP evaluation needs. What the frame
+        returned is unchanged. Call it right after a frame whose ``detections`` are not None
+        (else it decodes an older frame); None when no frame has run the detector yet."""
+        if self._last_detector_raw is None:
+            return None
+        raw, box = self._last_detector_raw
+        base = self._thresholds
+        t = Thresholds(float(conf), base.iou if iou is None else float(iou),
+                       base.max_det if max_det is None else int(max_det)).validate()
+        detections = decode_yolo(raw, t.conf, t.iou, t.max_det, box)
+        keep = detections.class_ids < len(self.class_names)
+        return Detections(detections.xyxy[keep], detections.scores[keep],
+                          detections.class_ids[keep])
 
     def _segment(self, fused_y: np.ndarray, timings: dict[str, float]) -> np.ndarray:
         spec = self.segmenter_spec
