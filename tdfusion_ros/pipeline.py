@@ -544,22 +544,12 @@ class FusionPipeline:
         timings["detector_post"] = _ms(stage)
         return detections
 
-    def decode_last_detections(self, conf: float, iou: float | None = None,
-                               max_det: int | None = None) -> Detections | None:
-        """The last frame's detector output decoded again at other thresholds (``None``: the
-        current ones), e.g. at the low confidence an mAP evaluation needs. What the frame
-        returned is unchanged. Call it right after a frame whose ``detections`` are not None
-        (else it decodes an older frame); None when no frame has run the detector yet."""
-        if self._last_detector_raw is None:
-            return None
-        raw, box = self._last_detector_raw
-        base = self._thresholds
-        t = Thresholds(float(conf), base.iou if iou is None else float(iou),
-                       base.max_det if max_det is None else int(max_det)).validate()
-        detections = decode_yolo(raw, t.conf, t.iou, t.max_det, box)
-        keep = detections.class_ids < len(self.class_names)
-        return Detections(detections.xyxy[keep], detections.scores[keep],
-                          detections.class_ids[keep])
+    @property
+    def last_detector_output(self) -> tuple[np.ndarray, Any] | None:
+        """(raw detector output, letterbox) of the last frame that ran the detector: for
+        ``decode_yolo`` at other thresholds (e.g. the low confidence an mAP evaluation needs)
+        without changing what that frame returned. None before the first such frame."""
+        return self._last_detector_raw
 
     def _segment(self, fused_y: np.ndarray, timings: dict[str, float]) -> np.ndarray:
         spec = self.segmenter_spec

@@ -104,6 +104,7 @@ from tdfusion_ros.pipeline import (
     overlay,
     palette,
 )
+from tdfusion_ros.postprocess import decode_yolo
 from tdfusion_ros.registration import Registration
 from tdfusion_ros.thermal_gain import ThermalGain
 
@@ -778,13 +779,13 @@ class _Offline:
                     self.stages.add(stage, value)
                 self.timeline.add(self.processed, result.timings_ms.get("total", 0.0),
                                   self.processed)
-                eval_det = None  # outside the timed pipeline: only the replay needs it
+                raw_det = None  # decoded again at --map-conf by the writer, for mAP
                 labels = self.s.labels
                 if (result.detections is not None and labels is not None
                         and pair.rgb.stamp_ns in labels.boxes):
-                    eval_det = pipeline.decode_last_detections(self.opts.map_conf)
+                    raw_det = pipeline.last_detector_output
                 if self.writer_error is not None or not _put(
-                        self.out_q, ("frame", self.processed, pair, result, eval_det),
+                        self.out_q, ("frame", self.processed, pair, result, raw_det),
                         writer_alive):
                     break
                 self.processed += 1
@@ -824,8 +825,8 @@ class _Offline:
                     if reason == SIZE_MISMATCH:  # the pipeline's gain ran before that check
                         self._thermal8(pair.thermal.payload.image)
                 else:
-                    _, index, pair, result, eval_det = item
-                    self._write_frame(index, pair, result, eval_det)
+                    _, index, pair, result, raw_det = item
+                    self._write_frame(index, pair, result, raw_det)
                     self.stages.add("write", (time.perf_counter() - begin) * 1000.0)
         except BaseException as err:  # noqa: BLE001 - reported by run()
             self.writer_error = err
@@ -903,7 +904,7 @@ class _Offline:
             return None
 
     def _write_frame(self, index: int, pair: Pair[Any], result: FrameResult,
-                     eval_det: Any = None) -> None:
+                     raw_det: tuple[np.ndarray, Any] | None = None) -> None:
         thermal_msg, rgb_msg = pair.thermal.payload, pair.rgb.payload
         stamp, frame_id = rgb_msg.stamp_ns, rgb_msg.frame_id
         name = _frame_name(index, stamp)
@@ -996,7 +997,11 @@ class _Offline:
                 preds = np.concatenate([gt_fused, np.ones((len(gt_fused), 1))], axis=1)
             else:
                 rows = []
-                scored = eval_det if eval_det is not None else det
+                scored = det
+                if raw_det is not None:  # the same detector output at the evaluation threshold
+                    t = self.s.pipeline.thresholds
+                    scored = decode_yolo(raw_det[0], self.opts.map_conf, t.iou, t.max_det,
+                                         raw_det[1])
                 if scored is not None:
                     for row in scored.as_rows():
                         cls = int(row[0])
@@ -1485,8 +1490,9 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
         f"{run.process_cpu_s:.2f} CPU-seconds of the run: the most inference can lose to "
         "them when it uses every core. Loading the "
         f"bundle and opening the bag took {load_s:.2f} s. read_decode and pairing are per "
-        "message (reader thread), write per frame (writer thread), queue_wait is how long the "
-        "pipeline waited for its next pair; the others are the pipeline's stages.")
+        "message (reader thread), write per frame (writer thread; it includes decoding the "
+        "detector output again at --map-conf for mAP and the IoU counts), queue_wait is how "
+        "long the pipeline waited for its next pair; the others are the pipeline's stages.")
     bag_topics = [{"name": t.name, "type": t.msgtype, "count": t.count} for t in reader.topics]
     by_name = {t.name: t for t in reader.topics}
     summary: dict[str, Any] = {

@@ -259,21 +259,24 @@ def test_map_conf_changes_what_is_scored_not_what_is_published(
     assert "--map-conf must be in [0, 1]" in capsys.readouterr().err
 
 
-def test_decode_last_detections_adds_low_scores_and_keeps_the_published_ones(
+def test_last_detector_output_decoded_lower_adds_low_scores_and_keeps_the_published_ones(
         tiny_bundle: Path, shared_data: Path) -> None:
     from tdfusion_ros.pipeline import FusionPipeline, PipelineSettings
+    from tdfusion_ros.postprocess import decode_yolo
 
     from .test_pipeline import real_pair
 
     pipeline = FusionPipeline(tiny_bundle, PipelineSettings(backend="onnxruntime", threads=1))
     try:
-        assert pipeline.decode_last_detections(0.001) is None  # no frame yet
+        assert pipeline.last_detector_output is None  # no frame yet
         result = pipeline.process(*real_pair(shared_data))
-        published = result.detections
-        low = pipeline.decode_last_detections(0.001)
-        again = pipeline.decode_last_detections(pipeline.thresholds.conf)
+        raw, box = pipeline.last_detector_output
+        t = pipeline.thresholds
     finally:
         pipeline.close()
+    published = result.detections
+    low = decode_yolo(raw, 0.001, t.iou, t.max_det, box)
+    again = decode_yolo(raw, t.conf, t.iou, t.max_det, box)
     assert len(published) == 4 and len(low) == 6
     assert float(low.scores.min()) < 0.25 <= float(published.scores.min())
     # greedy NMS keeps in score order: the published detections lead the low-threshold list
