@@ -2,7 +2,8 @@
 
     python -m tdfusion_ros.replay BAG [--thermal-topic T] [--rgb-topic T]
         [--config config/fusion.yaml] [--set sync.slop=0.03 ...] [--bundle DIR]
-        [--labels BAG/labels.json] [--out DIR] [--png] [--live [--speed 0.5]]
+        [--labels BAG/labels.json] [--map-conf 0.001] [--out DIR] [--png]
+        [--live [--speed 0.5]]
     ros2 run tdfusion_ros replay_eval BAG ...
 
 Offline mode (the default) reads the bag (a rosbag2 folder, an ``.mcap`` or a ``.db3`` file)
