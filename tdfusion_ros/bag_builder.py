@@ -7,8 +7,9 @@
 
 Why: a robot's bag is what the replay evaluation and the node are judged on, but real bags with
 labels are rare. This builds one from aligned pairs (a folder like ``../shared/data/det`` with
-``ir/``, ``vi/`` and optionally YOLO ``labels/`` + ``classes.txt``) or from the procedural scene
-generator, with the timing faults the pairing core must survive.
+``ir/``, ``vi/`` and optionally YOLO ``labels/`` + ``classes.txt`` and class-id label maps
+``seg/`` + ``seg_classes.txt``) or from the procedural scene generator, with the timing faults
+the pairing core must survive.
 
 Timing model. The source frames form a *scene sequence* shown at ``scene_rate`` (default: the
 slower camera's rate); scene ``i`` is centred on time ``i / scene_rate``. Each camera exposes at
@@ -39,6 +40,13 @@ Labels travel in ``BAG/labels.json`` (next to the storage file), keyed by the RG
 ns: boxes in RGB pixels with class ids and names, the class list, and which source frame each
 stamp shows. The build parameters and drop counts are in the bag's ``custom_data``. Everything
 is deterministic for a seed: the same arguments give byte-identical messages.
+
+Segmentation labels (``--labels`` with a ``seg/`` or ``masks/`` folder and ``seg_classes.txt``
+or ``segmentation_classes.txt``; generated scenes always): one PNG per source frame in
+``BAG/seg/<source>.png`` (mono8, pixel = class id, 255 = ignore, at the RGB image size: resized
+by nearest neighbour with ``--size``), named by the ``seg`` field of each labelled stamp, with
+the class list under ``segmentation`` in ``labels.json``. A pair without a map has no ``seg``
+field: it is simply not labelled for segmentation.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,6 +72,7 @@ from tdfusion_ros.scenes import (
     IR16_BASE,
     IR16_GAIN,
     MIN_SIZE,
+    SEGMENTATION_CLASSES,
     generate_scene,
     scene_name,
     scene_seed,
@@ -89,6 +98,7 @@ __all__ = [
     "find_labels",
     "ir8_to_counts",
     "load_labels",
+    "load_segmentation",
     "main",
     "parse_size",
 ]
@@ -106,6 +116,11 @@ CUSTOM_DATA_KEY = "tdfusion_ros.bag_builder"
 #: 2023-11-14T22:13:20Z: a plausible wall-clock start (stamps far from 0, like a robot's).
 DEFAULT_START_NS = 1_700_000_000_000_000_000
 VIS_FOLDERS = ("vi", "vis", "visible", "rgb")
+SEG_FOLDERS = ("seg", "masks")
+SEG_CLASS_FILES = ("seg_classes.txt", "segmentation_classes.txt")
+SEG_DIR = "seg"
+#: Label-map value of pixels that are not labelled (never counted in IoU).
+SEG_IGNORE = 255
 
 _SEC = 1_000_000_000
 _MS = 1_000_000
@@ -185,12 +200,14 @@ class SourceFrame:
     ir: np.ndarray
     vis: np.ndarray
     boxes: np.ndarray | None  # N x 5 float (class id, x1, y1, x2, y2); None: no labels
+    seg: np.ndarray | None = None  # H x W uint8 class ids at the visible size; None: no map
 
 
 class FrameSource(Protocol):
     """What build_bag needs from a source: a length, frames by index, class names or None."""
 
     classes: list[str] | None
+    segmentation_classes: list[str] | None
     kind: str
 
     def __len__(self) -> int: ...
@@ -227,8 +244,23 @@ class PairFolderSource:
             classes_file = folder / "classes.txt"
             if not classes_file.is_file():
                 raise BagBuildError(f"--labels given but {classes_file} does not exist")
-            self.classes = [ln.strip() for ln in classes_file.read_text().splitlines()
-                            if ln.strip()]
+            self.classes = _read_classes(classes_file)
+        self.segmentation_classes: list[str] | None = None
+        self.seg_dir: Path | None = None
+        if labels:
+            self.seg_dir = next((folder / d for d in SEG_FOLDERS if (folder / d).is_dir()), None)
+            seg_file = next((folder / f for f in SEG_CLASS_FILES if (folder / f).is_file()),
+                            None)
+            if (self.seg_dir is None) != (seg_file is None):
+                have = self.seg_dir or seg_file
+                raise BagBuildError(
+                    f"--labels: {have} exists but not its counterpart: label maps need a "
+                    f"{' or '.join(SEG_FOLDERS)}/ folder and {' or '.join(SEG_CLASS_FILES)} "
+                    f"in {folder}")
+            if seg_file is not None:
+                self.segmentation_classes = _read_classes(seg_file)
+                if not 0 < len(self.segmentation_classes) <= SEG_IGNORE:
+                    raise BagBuildError(f"{seg_file}: expected 1 to {SEG_IGNORE} class names")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -245,10 +277,16 @@ class PairFolderSource:
             vis = cv2.convertScaleAbs(vis, alpha=255.0 / 65535.0)
         if vis.ndim == 2:
             vis = cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR)
+        seg = None
+        if self.seg_dir is not None:
+            seg = _read_label_map(self.seg_dir, pair.name, vis.shape[:2],
+                                  len(self.segmentation_classes or ()))
         if self.size is not None:
             width, height = self.size
             ir = _resize(ir, width, height)
             vis = _resize(vis, width, height)
+            if seg is not None and seg.shape != (height, width):
+                seg = cv2.resize(seg, (width, height), interpolation=cv2.INTER_NEAREST)
         elif ir.shape[:2] != vis.shape[:2]:
             raise BagBuildError(
                 f"pair {pair.name}: infrared {ir.shape[1]}x{ir.shape[0]} and visible "
@@ -257,7 +295,7 @@ class PairFolderSource:
         if self.label_dir is not None:
             boxes = _read_yolo(self.label_dir / f"{pair.name}.txt", vis.shape[1], vis.shape[0],
                                len(self.classes or ()))
-        return SourceFrame(pair.name, ir, vis, boxes)
+        return SourceFrame(pair.name, ir, vis, boxes, seg)
 
 
 class SceneSource:
@@ -272,6 +310,7 @@ class SceneSource:
         self.count, self.seed, self.size, self.ir16 = count, seed, size, ir16
         self.kind = "scenes"
         self.classes: list[str] | None = list(DETECTION_CLASSES)
+        self.segmentation_classes: list[str] | None = list(SEGMENTATION_CLASSES)
 
     def __len__(self) -> int:
         return self.count
@@ -280,7 +319,37 @@ class SceneSource:
         width, height = self.size
         scene = generate_scene(scene_seed(self.seed, index), height, width, ir_16bit=self.ir16)
         return SourceFrame(scene_name(index, scene.is_night), scene.ir, scene.vis,
-                           scene.boxes.astype(np.float64))
+                           scene.boxes.astype(np.float64), scene.mask)
+
+
+def _read_classes(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _read_label_map(folder: Path, name: str, shape: tuple[int, ...],
+                    n_classes: int) -> np.ndarray | None:
+    """``folder/<name>.png`` as H x W uint8 class ids, checked; None when the pair has none."""
+    path = folder / f"{name}.png"
+    if not path.is_file():
+        return None
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise BagBuildError(f"{path}: not a readable image")
+    if label.ndim == 3:
+        if not all(np.array_equal(label[..., 0], label[..., c])
+                   for c in range(1, label.shape[2])):
+            raise BagBuildError(f"{path}: a label map must hold one class id per pixel "
+                                f"(grey), got a {label.shape[2]}-channel colour image")
+        label = label[..., 0]
+    if label.shape != tuple(shape[:2]):
+        raise BagBuildError(f"{path}: label map {label.shape[1]}x{label.shape[0]} does not "
+                            f"match its visible image {shape[1]}x{shape[0]}")
+    values = np.unique(label)
+    bad = values[(values >= n_classes) & (values != SEG_IGNORE)]
+    if bad.size:
+        raise BagBuildError(f"{path}: class ids {bad.tolist()} are not in the {n_classes} "
+                            f"segmentation classes (nor {SEG_IGNORE}, ignore)")
+    return label.astype(np.uint8)
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -414,6 +483,9 @@ class BagLabels:
     sources: dict[int, str]
     image_size: tuple[int, int]  # width, height
     rgb_topic: str
+    #: Segmentation label maps: class names and, per labelled RGB stamp, its PNG (absolute).
+    segmentation_classes: list[str] | None = None
+    segmentation: dict[int, Path] = field(default_factory=dict)
 
 
 def find_labels(bag: str | Path) -> Path | None:
@@ -432,23 +504,39 @@ def load_labels(path: str | Path) -> BagLabels:
         data = json.loads(path.read_text())
         if data.get("format") != LABELS_FORMAT:
             raise BagBuildError(f"{path}: not a {LABELS_FORMAT} file")
-        boxes, sources = {}, {}
+        boxes, sources, seg = {}, {}, {}
         for stamp, entry in data["labels"].items():
             rows = [[b["class_id"], *b["box"]] for b in entry["boxes"]]
             boxes[int(stamp)] = np.array(rows, np.float64).reshape(-1, 5)
             sources[int(stamp)] = entry["source"]
+            if entry.get("seg"):
+                seg[int(stamp)] = path.parent / entry["seg"]
+        seg_section = data.get("segmentation")
+        seg_classes = list(seg_section["classes"]) if seg_section else None
+        if seg and seg_classes is None:
+            raise BagBuildError(f"{path}: frames name label maps but there is no "
+                                "'segmentation' section with their classes")
         return BagLabels(list(data["classes"]), boxes, sources,
                          (int(data["image_size"][0]), int(data["image_size"][1])),
-                         data["rgb_topic"])
+                         data["rgb_topic"], seg_classes, seg)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BagBuildError(f"{path}: cannot read labels: {exc}") from None
 
 
+def load_segmentation(path: str | Path) -> np.ndarray:
+    """One label map of a sidecar (``BagLabels.segmentation[stamp]``): H x W uint8 class ids."""
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None or label.ndim != 2 or label.dtype != np.uint8:
+        raise BagBuildError(f"{path}: not a mono8 label map")
+    return label
+
+
 def _labels_json(config: TimingConfig, classes: list[str], size: tuple[int, int],
-                 entries: dict[int, dict[str, Any]], frames: list[FrameRecord]) -> str:
+                 entries: dict[int, dict[str, Any]], frames: list[FrameRecord],
+                 seg_classes: list[str] | None = None) -> str:
     """The sidecar text: readable header, one line per labelled RGB stamp."""
     written = [f for f in frames if not f.dropped]
-    head = {
+    head: dict[str, Any] = {
         "format": LABELS_FORMAT,
         "rgb_topic": config.rgb_topic,
         "rgb_frame_id": RGB_FRAME,
@@ -456,6 +544,12 @@ def _labels_json(config: TimingConfig, classes: list[str], size: tuple[int, int]
         "classes": classes,
         "stamp_key": "RGB header stamp in ns",
     }
+    if seg_classes is not None:
+        head["segmentation"] = {
+            "classes": seg_classes, "ignore_index": SEG_IGNORE,
+            "maps": "the 'seg' field of a stamp: PNG (mono8, pixel = class id) at image_size, "
+                    "relative to this file; stamps without it are not labelled for "
+                    "segmentation"}
     # Which scene each written message shows: the ground truth for pairing checks.
     shown = {cam: [[f.stamp_ns, f.scene_index] for f in written if f.camera == cam]
              for cam in _CAMERAS}
@@ -554,13 +648,15 @@ def build_bag(source: FrameSource, out: str | Path, config: TimingConfig,
             return cache[key]
         frame = source.frame(key)
         if config.ir16 and frame.ir.dtype == np.uint8:
-            frame = SourceFrame(frame.name, ir8_to_counts(frame.ir), frame.vis, frame.boxes)
+            frame = replace(frame, ir=ir8_to_counts(frame.ir))
         cache[key] = frame
         if len(cache) > capacity:
             cache.popitem(last=False)
         return frame
 
     classes = source.classes
+    seg_classes = source.segmentation_classes if classes is not None else None
+    seg_png: dict[str, bytes] = {}  # source name -> encoded label map, written after the bag
     label_entries: dict[int, dict[str, Any]] = {}
     size: tuple[int, int] | None = None
     typestore = messages.store
@@ -593,6 +689,13 @@ def build_bag(source: FrameSource, out: str | Path, config: TimingConfig,
                     label_entries[f.stamp_ns] = {
                         "source": src.name, "scene_index": f.scene_index,
                         "boxes": _box_entries(src.boxes, classes)}
+                    if src.seg is not None and seg_classes is not None:
+                        if src.name not in seg_png:
+                            ok, png = cv2.imencode(".png", src.seg)
+                            if not ok:
+                                raise BagBuildError(f"cannot encode the label map of {src.name}")
+                            seg_png[src.name] = png.tobytes()
+                        label_entries[f.stamp_ns]["seg"] = f"{SEG_DIR}/{src.name}.png"
             nbytes += len(data)
             writer.write(conns[f.camera], f.receive_ns, data)
         summary = {
@@ -615,7 +718,12 @@ def build_bag(source: FrameSource, out: str | Path, config: TimingConfig,
     labels_file = None
     if classes is not None and size is not None:
         labels_file = out / LABELS_FILE
-        labels_file.write_text(_labels_json(config, classes, size, label_entries, frames))
+        labels_file.write_text(_labels_json(config, classes, size, label_entries, frames,
+                                            seg_classes))
+        if seg_png:
+            (out / SEG_DIR).mkdir()
+            for name, png in seg_png.items():
+                (out / SEG_DIR / f"{name}.png").write_bytes(png)
     storage_file = next(p for p in out.iterdir() if p.suffix in (".mcap", ".db3"))
     return BuildResult(out, storage_file, labels_file, counts, frames,
                        {"thermal": THERMAL_TOPIC, "rgb": config.rgb_topic}, nbytes, seconds,
@@ -670,7 +778,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="folder with ir/ and vi/ (and labels/)")
     src.add_argument("--scenes", type=int, metavar="N", help="N procedural scenes")
     parser.add_argument("--labels", action="store_true",
-                        help="with --pairs: write YOLO labels/ + classes.txt to the sidecar")
+                        help="with --pairs: write YOLO labels/ + classes.txt (and label maps "
+                             "seg/ + seg_classes.txt, when there) to the sidecar")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="with --pairs: only the first N pairs")
     parser.add_argument("--seed", type=int, default=0)
@@ -724,7 +833,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(dropped {c['thermal'].dropped} + {c['rgb'].dropped}); {mb:.1f} MB in "
           f"{result.seconds:.2f} s ({result.messages / max(result.seconds, 1e-9):.0f} msg/s)")
     if result.labels_file is not None:
-        print(f"labels: {result.labels_file}")
+        maps = result.path / SEG_DIR
+        n_maps = sum(1 for _ in maps.glob("*.png")) if maps.is_dir() else 0
+        print(f"labels: {result.labels_file}"
+              + (f" (+ {n_maps} segmentation label maps in {maps})" if n_maps else ""))
     return 0
 
 

@@ -332,6 +332,7 @@ class FusionPipeline:
         self._gain = ThermalGain(self.settings.gain)
         self._registration = Registration(self.settings.registration)
         self._last_rgb_size: tuple[int, int] | None = None  # (w, h), for thermal-only frames
+        self._last_detector_raw: tuple[np.ndarray, Any] | None = None  # (raw output, letterbox)
 
     # ------------------------------------------------------------------ building
     def _load(self, factory: EngineFactory, spec: GraphSpec) -> Any:
@@ -533,6 +534,7 @@ class FusionPipeline:
         stage = time.perf_counter()
         raw = self._engines["detector"].run({spec.inputs[0].name: tensor})[spec.outputs[0].name]
         timings["detector"] = _ms(stage)
+        self._last_detector_raw = (raw, box)
         stage = time.perf_counter()
         detections = decode_yolo(raw, thresholds.conf, thresholds.iou, thresholds.max_det, box)
         keep = detections.class_ids < len(self.class_names)
@@ -541,6 +543,13 @@ class FusionPipeline:
                                     detections.class_ids[keep])
         timings["detector_post"] = _ms(stage)
         return detections
+
+    @property
+    def last_detector_output(self) -> tuple[np.ndarray, Any] | None:
+        """(raw detector output, letterbox) of the last frame that ran the detector: for
+        ``decode_yolo`` at other thresholds (e.g. the low confidence an mAP evaluation needs)
+        without changing what that frame returned. None before the first such frame."""
+        return self._last_detector_raw
 
     def _segment(self, fused_y: np.ndarray, timings: dict[str, float]) -> np.ndarray:
         spec = self.segmenter_spec

@@ -2,7 +2,8 @@
 
     python -m tdfusion_ros.replay BAG [--thermal-topic T] [--rgb-topic T]
         [--config config/fusion.yaml] [--set sync.slop=0.03 ...] [--bundle DIR]
-        [--labels BAG/labels.json] [--out DIR] [--png] [--live [--speed 0.5]]
+        [--labels BAG/labels.json] [--map-conf 0.001] [--out DIR] [--png]
+        [--live [--speed 0.5]]
     ros2 run tdfusion_ros replay_eval BAG ...
 
 Offline mode (the default) reads the bag (a rosbag2 folder, an ``.mcap`` or a ``.db3`` file)
@@ -18,7 +19,15 @@ config file the node reads, the same ``node_params`` conversion), runs the node'
   would publish, for Foxglove or RViz;
 * ``frames.csv`` (one row per pair: stamps, stage timings, detections), ``summary.json``,
   ``summary.md`` and ``report.html`` (fusion metrics over time, pairing statistics and drops,
-  latency per stage and throughput, sample frames, mAP per class when labels are given).
+  latency per stage and throughput, sample frames, mAP per class when labels are given, IoU
+  per class and mIoU when the labels carry segmentation label maps).
+
+mAP is a ranking metric: it is computed from detections decoded at ``--map-conf`` (default
+0.001, as COCO / ultralytics evaluation; NMS IoU and max_det as deployed) from the same
+detector output of each labelled frame, while everything published (``fused_bag``,
+``detections.json``, counts, sample boxes) keeps the node's threshold. Segmentation classes are
+matched to the label classes by name; mIoU is over the label classes present in the labels or
+the predictions.
 
 Frame ``<frame>`` is ``<pair index:06d>_<RGB stamp ns>``. Everything is deterministic: the
 pairs are a function of the stamps alone, every pair is processed in order, and two runs on
@@ -96,6 +105,7 @@ from tdfusion_ros.pipeline import (
     overlay,
     palette,
 )
+from tdfusion_ros.postprocess import decode_yolo
 from tdfusion_ros.registration import Registration
 from tdfusion_ros.thermal_gain import ThermalGain
 
@@ -175,6 +185,7 @@ class ReplayOptions:
     fps: float | None = None
     max_pairs: int | None = None
     predictions_from_labels: bool = False
+    map_conf: float = 0.001  # detections for mAP decoded at this confidence
     overwrite: bool = False
     fail_on_damage: bool = False
     queue_depth: int = 4
@@ -538,6 +549,85 @@ def _labels_to_fused(boxes: np.ndarray, label_size: tuple[int, int],
     return out[keep]
 
 
+def _label_map_to_fused(label: np.ndarray, rgb_size: tuple[int, int], plan: tuple) -> np.ndarray:
+    """A label map (class ids at the labelled image size) -> the fused grid, nearest neighbour.
+
+    The same geometry as the RGB image's (``Registration.apply``): scale to the RGB size, crop,
+    resize to the output size.
+    """
+    (x, y, w, h), (ow, oh), _ = plan
+    if (label.shape[1], label.shape[0]) != tuple(rgb_size):
+        label = cv2.resize(label, tuple(rgb_size), interpolation=cv2.INTER_NEAREST)
+    label = label[y:y + h, x:x + w]
+    if (ow, oh) != (w, h):
+        label = cv2.resize(label, (ow, oh), interpolation=cv2.INTER_NEAREST)
+    return label
+
+
+class _SegEval:
+    """Pixel confusion of the segmenter's class maps against the sidecar's label maps.
+
+    Classes are matched by name (case and surrounding spaces ignored). The matrix holds the
+    label classes first, then the segmenter's classes the labels lack (their pixels count as
+    misses of the labelled class), then one bucket for class ids the segmenter has no name for.
+    mIoU is over the label classes only.
+    """
+
+    def __init__(self, label_classes: Sequence[str], seg_classes: Sequence[str],
+                 from_labels: bool) -> None:
+        from tdfusion_ros.metrics import ConfusionMatrix
+
+        key = {n.strip().lower(): i for i, n in enumerate(label_classes)}
+        self.label_classes = list(label_classes)
+        self.seg_classes = list(seg_classes)
+        self.from_labels = from_labels
+        self.extra = [n for n in seg_classes if n.strip().lower() not in key]
+        self.names = [*self.label_classes, *self.extra, "(segmenter id without a name)"]
+        self.lut = np.full(256, len(self.names) - 1, np.uint8)
+        self.matched: dict[str, str] = {}
+        for j, name in enumerate(seg_classes):
+            i = key.get(name.strip().lower())
+            if i is None:
+                self.lut[j] = len(self.label_classes) + self.extra.index(name)
+            else:
+                self.lut[j] = i
+                self.matched[self.label_classes[i]] = name
+        self.cm = ConfusionMatrix(len(self.names), ignore_index=255)
+        self.frames = 0
+
+    @classmethod
+    def create(cls, setup: _Setup, from_labels: bool) -> _SegEval | None:
+        labels = setup.labels
+        if labels is None or not labels.segmentation_classes:
+            return None
+        if len(labels.segmentation_classes) + len(setup.pipeline.segmentation_classes) + 1 > 255:
+            raise ReplayError("too many segmentation classes to score (at most 254 in all)")
+        return cls(labels.segmentation_classes, setup.pipeline.segmentation_classes,
+                   from_labels)
+
+    def add(self, label_file: Path, class_map: np.ndarray | None, rgb_size: tuple[int, int],
+            plan: tuple) -> None:
+        from tdfusion_ros.bag_builder import load_segmentation
+
+        if class_map is None and not self.from_labels:
+            return
+        label = _label_map_to_fused(load_segmentation(label_file), rgb_size, plan)
+        n = len(self.label_classes)
+        bad = np.unique(label[(label >= n) & (label != 255)])
+        if bad.size:
+            raise ValueError(f"label map {label_file} holds class ids {bad.tolist()} outside "
+                             f"its {n} classes")
+        if self.from_labels:
+            pred = np.where(label == 255, 0, label)
+        else:
+            if class_map.shape != label.shape:
+                raise ValueError(f"class map {class_map.shape} and label map {label.shape} "
+                                 "differ in size on the fused grid")
+            pred = self.lut[class_map]
+        self.cm.update(pred, label)
+        self.frames += 1
+
+
 # --------------------------------------------------------------------------- the offline run
 @dataclass
 class _Setup:
@@ -586,6 +676,8 @@ class _Offline:
         self.preds: list[np.ndarray] = []
         self.labelled_seen = 0
         self.unmapped: dict[str, int] = {}
+        self.eval_preds = 0  # detections scored for mAP (at --map-conf)
+        self.seg = _SegEval.create(setup, opts.predictions_from_labels)
         self.samples: list[dict[str, Any]] = []
         self.metric_files: list[tuple[int, int, Path]] = []
         self.video_frames = 0
@@ -688,8 +780,14 @@ class _Offline:
                     self.stages.add(stage, value)
                 self.timeline.add(self.processed, result.timings_ms.get("total", 0.0),
                                   self.processed)
+                raw_det = None  # decoded again at --map-conf by the writer, for mAP
+                labels = self.s.labels
+                if (result.detections is not None and labels is not None
+                        and pair.rgb.stamp_ns in labels.boxes):
+                    raw_det = pipeline.last_detector_output
                 if self.writer_error is not None or not _put(
-                        self.out_q, ("frame", self.processed, pair, result), writer_alive):
+                        self.out_q, ("frame", self.processed, pair, result, raw_det),
+                        writer_alive):
                     break
                 self.processed += 1
         except KeyboardInterrupt:
@@ -728,8 +826,8 @@ class _Offline:
                     if reason == SIZE_MISMATCH:  # the pipeline's gain ran before that check
                         self._thermal8(pair.thermal.payload.image)
                 else:
-                    _, index, pair, result = item
-                    self._write_frame(index, pair, result)
+                    _, index, pair, result, raw_det = item
+                    self._write_frame(index, pair, result, raw_det)
                     self.stages.add("write", (time.perf_counter() - begin) * 1000.0)
         except BaseException as err:  # noqa: BLE001 - reported by run()
             self.writer_error = err
@@ -806,7 +904,8 @@ class _Offline:
         except ValueError:
             return None
 
-    def _write_frame(self, index: int, pair: Pair[Any], result: FrameResult) -> None:
+    def _write_frame(self, index: int, pair: Pair[Any], result: FrameResult,
+                     raw_det: tuple[np.ndarray, Any] | None = None) -> None:
         thermal_msg, rgb_msg = pair.thermal.payload, pair.rgb.payload
         stamp, frame_id = rgb_msg.stamp_ns, rgb_msg.frame_id
         name = _frame_name(index, stamp)
@@ -893,12 +992,19 @@ class _Offline:
             plan = self.registration.plan((thermal_msg.image.shape[1],
                                            thermal_msg.image.shape[0]), rgb_size)
             gt_fused = _labels_to_fused(labels.boxes[stamp], labels.image_size, rgb_size, plan)
+            if self.seg is not None and stamp in labels.segmentation:
+                self.seg.add(labels.segmentation[stamp], result.class_map, rgb_size, plan)
             if self.opts.predictions_from_labels:
                 preds = np.concatenate([gt_fused, np.ones((len(gt_fused), 1))], axis=1)
             else:
                 rows = []
-                if det is not None:
-                    for row in det.as_rows():
+                scored = det
+                if raw_det is not None:  # the same detector output at the evaluation threshold
+                    t = self.s.pipeline.thresholds
+                    scored = decode_yolo(raw_det[0], self.opts.map_conf, t.iou, t.max_det,
+                                         raw_det[1])
+                if scored is not None:
+                    for row in scored.as_rows():
                         cls = int(row[0])
                         label = names[cls] if cls < len(names) else str(cls)
                         mapped = self.class_to_label.get(label)
@@ -907,6 +1013,7 @@ class _Offline:
                             continue
                         rows.append([mapped, *row[1:]])
                 preds = np.array(rows, np.float64).reshape(-1, 6)
+            self.eval_preds += len(preds)
             self.gt.append(gt_fused)
             self.preds.append(preds)
 
@@ -1155,6 +1262,8 @@ def _setup(opts: ReplayOptions) -> _Setup:
             if labels.rgb_topic != rgb_topic:
                 warn.append(f"the labels were made for {labels.rgb_topic}, the RGB topic is "
                             f"{rgb_topic}")
+    if not 0.0 <= opts.map_conf <= 1.0:
+        raise ReplayError(f"map_conf {opts.map_conf!r} must be in [0, 1]")
     if opts.predictions_from_labels and labels is None:
         raise ReplayError("--predictions-from-labels needs labels (--labels FILE)")
 
@@ -1213,10 +1322,14 @@ def _detection_eval(run: _Offline) -> dict[str, Any] | None:
     from tdfusion_ros.detection_metrics import detection_metrics
 
     classes = list(s.labels.classes)
+    thresholds = s.pipeline.thresholds
     base = {"labels_file": str(s.labels_file), "classes": classes,
             "frames_labelled": len(s.labels.boxes), "frames_evaluated": len(run.gt),
             "predictions_from_labels": run.opts.predictions_from_labels,
-            "unmapped_predictions": dict(run.unmapped)}
+            "unmapped_predictions": dict(run.unmapped),
+            "map_conf": run.opts.map_conf, "deployed_conf": thresholds.conf,
+            "iou_threshold": thresholds.iou, "max_det": thresholds.max_det,
+            "predictions_evaluated": run.eval_preds}
     if not run.gt:
         base["note"] = ("no processed pair has a labelled RGB stamp: check that the labels "
                         "belong to this bag")
@@ -1236,9 +1349,74 @@ def _detection_eval(run: _Offline) -> dict[str, Any] | None:
     if run.opts.predictions_from_labels:
         note += (" DEBUG: the predictions are the labels themselves "
                  "(--predictions-from-labels), so mAP must be exactly 1.")
+    else:
+        note += (f" Scored detections ({run.eval_preds}) are decoded at conf "
+                 f"{run.opts.map_conf:g} (--map-conf; NMS IoU {thresholds.iou:g}, at most "
+                 f"{thresholds.max_det} per frame, as deployed) from the same detector outputs: "
+                 "mAP ranks detections, so it needs the low-confidence ones too. Everything "
+                 f"published (fused_bag, detections.json, counts, sample boxes) uses the "
+                 f"node's conf {thresholds.conf:g}.")
     if run.unmapped:
         note += (f" Detector classes not in the labels were ignored: "
                  f"{', '.join(f'{k} ({v})' for k, v in sorted(run.unmapped.items()))}.")
+    base["note"] = note
+    return base
+
+
+def _segmentation_eval(run: _Offline) -> dict[str, Any] | None:
+    seg, s = run.seg, run.s
+    if seg is None:
+        return None
+    k = len(seg.label_classes)
+    base: dict[str, Any] = {
+        "labels_file": str(s.labels_file), "classes": seg.label_classes,
+        "segmenter_classes": seg.seg_classes, "matched": seg.matched,
+        "label_classes_not_in_segmenter": [n for n in seg.label_classes if n not in seg.matched],
+        "segmenter_classes_not_in_labels": seg.extra,
+        "frames_labelled": len(s.labels.segmentation), "frames_evaluated": seg.frames,
+        "predictions_from_labels": seg.from_labels,
+        "mIoU": None, "mAcc": None, "aAcc": None, "IoU": {}, "Acc": {}, "label_pixels": {},
+        "predicted_outside_labels": {}}
+    if not s.pipeline.segmentation_enabled and not seg.from_labels:
+        base["note"] = ("the labels carry label maps but the bundle has no segmenter (or "
+                        "segmentation is disabled): no mIoU")
+        return base
+    if not seg.frames:
+        base["note"] = ("no processed pair has a labelled RGB stamp with a label map: check "
+                        "that the labels belong to this bag")
+        return base
+    result = seg.cm.compute()
+    matrix = seg.cm.matrix
+    iou = result["IoU"][:k]
+    acc = result["Acc"][:k]
+    finite = [v for v in iou if math.isfinite(v)]
+    finite_acc = [v for v in acc if math.isfinite(v)]
+    base.update({
+        "IoU": dict(zip(seg.label_classes, iou)), "Acc": dict(zip(seg.label_classes, acc)),
+        "mIoU": float(np.mean(finite)) if finite else None,
+        "mAcc": float(np.mean(finite_acc)) if finite_acc else None,
+        "aAcc": result["aAcc"],
+        "classes_in_mIoU": [n for n, v in zip(seg.label_classes, iou) if math.isfinite(v)],
+        "label_pixels": {n: int(v) for n, v in zip(seg.label_classes, matrix[:k].sum(axis=1))},
+        "predicted_outside_labels": {n: int(v) for n, v in zip(seg.names[k:],
+                                                                matrix[:, k:].sum(axis=0))
+                                     if v}})
+    note = (f"Pixel IoU per label class over the {seg.frames} processed pairs whose RGB stamp "
+            f"has a label map ({len(s.labels.segmentation)} in {s.labels_file}), on the fused "
+            "grid (label maps moved there by nearest neighbour), label 255 ignored. mIoU is "
+            f"the mean over the {len(finite)} of {k} label classes present in the labels or "
+            "the predictions (a class absent from both has no IoU). Segmenter classes are "
+            "matched to label classes by name.")
+    if seg.from_labels:
+        note += (" DEBUG: the predictions are the label maps themselves "
+                 "(--predictions-from-labels), so every IoU must be exactly 1.")
+    missing = base["label_classes_not_in_segmenter"]
+    if missing and not seg.from_labels:
+        note += (f" Label classes the segmenter does not have (IoU 0 where present): "
+                 f"{', '.join(missing)}.")
+    if seg.extra and not seg.from_labels:
+        note += (f" Segmenter classes not in the labels (their pixels count as misses of the "
+                 f"labelled class, not in mIoU): {', '.join(seg.extra)}.")
     base["note"] = note
     return base
 
@@ -1295,6 +1473,7 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
                                               and run.pairs_queued >= opts.max_pairs)
     metrics = _fusion_metrics(run)
     det_eval = _detection_eval(run)
+    seg_eval = _segmentation_eval(run)
     _cleanup_tmp(opts.out)
 
     io_cpu = run.reader_cpu_s + run.writer_cpu_s
@@ -1312,8 +1491,9 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
         f"{run.process_cpu_s:.2f} CPU-seconds of the run: the most inference can lose to "
         "them when it uses every core. Loading the "
         f"bundle and opening the bag took {load_s:.2f} s. read_decode and pairing are per "
-        "message (reader thread), write per frame (writer thread), queue_wait is how long the "
-        "pipeline waited for its next pair; the others are the pipeline's stages.")
+        "message (reader thread), write per frame (writer thread; it includes decoding the "
+        "detector output again at --map-conf for mAP and the IoU counts), queue_wait is how "
+        "long the pipeline waited for its next pair; the others are the pipeline's stages.")
     bag_topics = [{"name": t.name, "type": t.msgtype, "count": t.count} for t in reader.topics]
     by_name = {t.name: t for t in reader.topics}
     summary: dict[str, Any] = {
@@ -1360,6 +1540,7 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
                    "threads": setup.values["engine.threads"], "note": timing_note},
         "metrics": metrics,
         "detection_eval": det_eval,
+        "segmentation_eval": seg_eval,
         "samples": run.samples,
         "live": None,
         "warnings": setup.warnings,
@@ -1890,7 +2071,11 @@ def _parser() -> argparse.ArgumentParser:
                         "next to the bag, if there)")
     parser.add_argument("--no-labels", action="store_true", help="ignore labels.json")
     parser.add_argument("--predictions-from-labels", action="store_true",
-                        help="debug: score the labels themselves as predictions (mAP 1)")
+                        help="debug: score the labels themselves as predictions (mAP 1, "
+                             "IoU 1)")
+    parser.add_argument("--map-conf", type=float, default=0.001, metavar="CONF",
+                        help="confidence at which detections are decoded for mAP (default "
+                             "0.001; published detections keep the node's threshold)")
     parser.add_argument("--out", type=Path, help="output folder (default: "
                         "outputs/replay/<bag name>)")
     parser.add_argument("--overwrite", action="store_true",
@@ -1937,6 +2122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--speed must be > 0")
     if args.max_pairs is not None and args.max_pairs < 1:
         parser.error("--max-pairs must be >= 1")
+    if not 0.0 <= args.map_conf <= 1.0:
+        parser.error("--map-conf must be in [0, 1]")
     if args.max_pairs is not None and args.live:
         parser.error("--live plays the whole bag: it cannot be combined with --max-pairs")
     try:
@@ -1955,7 +2142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         png=args.png, video=not args.no_video, masks=not args.no_masks,
         output_bag=not args.no_bag, metrics_frames=args.metrics_frames, samples=args.samples,
         fps=args.fps, max_pairs=args.max_pairs,
-        predictions_from_labels=args.predictions_from_labels, overwrite=args.overwrite,
+        predictions_from_labels=args.predictions_from_labels, map_conf=args.map_conf,
+        overwrite=args.overwrite,
         live=args.live, speed=args.speed, domain_id=args.domain_id,
         live_timeout=args.live_timeout, fail_on_damage=args.fail_on_damage)
     with warnings.catch_warnings():
@@ -1974,6 +2162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if det and det.get("mAP50") is not None:
         print(f"mAP50 {det['mAP50']:.4f}, mAP50-95 {det['mAP50-95']:.4f} over "
               f"{det['frames_evaluated']} labelled pairs")
+    seg = s.get("segmentation_eval")
+    if seg and seg.get("mIoU") is not None:
+        print(f"mIoU {seg['mIoU']:.4f} over {len(seg['classes_in_mIoU'])} classes, "
+              f"{seg['frames_evaluated']} pairs with label maps")
     live = s.get("live")
     if live and live.get("comparison"):
         c = live["comparison"]

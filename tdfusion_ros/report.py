@@ -361,6 +361,14 @@ def _map_rows(det: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _iou_rows(seg: Mapping[str, Any]) -> list[list[str]]:
+    rows = [[name, _num(seg.get("IoU", {}).get(name), 4), _num(seg.get("Acc", {}).get(name), 4),
+             str(seg.get("label_pixels", {}).get(name, 0))] for name in seg.get("classes", [])]
+    rows.append(["all (mean)", _num(seg.get("mIoU"), 4), _num(seg.get("mAcc"), 4),
+                 str(sum(seg.get("label_pixels", {}).values()))])
+    return rows
+
+
 def _live_rows(live: Mapping[str, Any]) -> list[tuple[str, str]]:
     cmp_ = live.get("comparison") or {}
     rows = [
@@ -442,6 +450,12 @@ def render_html(s: Mapping[str, Any], sample_dir: Path | None = None) -> str:
         out.append(bar_chart(list(per_class), list(per_class.values()),
                              title="detections per class (all processed frames)",
                              horizontal=True, width=480))
+    seg = s.get("segmentation_eval")
+    if seg:
+        out.append("<h2>Segmentation accuracy</h2>")
+        out.append(f"<p>{_esc(seg.get('note', ''))}</p>")
+        if seg.get("mIoU") is not None:
+            out.append(_table(["class", "IoU", "accuracy", "labelled pixels"], _iou_rows(seg)))
 
     # ---- pairing
     pairing = s.get("pairing", {})
@@ -555,6 +569,12 @@ def render_markdown(s: Mapping[str, Any]) -> str:
             lines += [_md_table(["class", "AP50", "AP50-95", "GT boxes"], _map_rows(det)), ""]
     else:
         lines += ["No labels given: no mAP.", ""]
+    seg = s.get("segmentation_eval")
+    if seg:
+        lines += ["## Segmentation accuracy", "", seg.get("note", ""), ""]
+        if seg.get("mIoU") is not None:
+            lines += [_md_table(["class", "IoU", "accuracy", "labelled pixels"],
+                                _iou_rows(seg)), ""]
     lines += ["## Pairing", "",
               _md_table(["stream", "received", "accepted", "paired", "dropped"],
                         _stream_rows(s)), ""]

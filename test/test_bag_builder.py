@@ -25,11 +25,12 @@ from tdfusion_ros.bag_builder import (
     build_from_scenes,
     find_labels,
     load_labels,
+    load_segmentation,
     main,
 )
 from tdfusion_ros.pairing import Pairer, PairingConfig
 from tdfusion_ros.ros_image import stamp_to_ns
-from tdfusion_ros.scenes import generate_scene, scene_seed
+from tdfusion_ros.scenes import SEGMENTATION_CLASSES, generate_scene, scene_seed
 
 MS = 1_000_000
 
@@ -144,6 +145,75 @@ def test_pairs_resized_as_16bit_counts_with_scaled_labels(tmp_path, shared_data)
         np.testing.assert_allclose(boxes, expected, atol=1e-3)
 
 
+def test_label_maps_travel_with_the_pairs_resized_by_nearest_neighbour(tmp_path, shared_data):
+    src = shared_data / "msrs_det"
+    result = build_from_pairs(src, tmp_path / "bag", TimingConfig(seed=2), labels=True,
+                              size=(160, 120), limit=3)
+    labels = load_labels(result.path)
+    assert labels.segmentation_classes == (src / "seg_classes.txt").read_text().split()
+    assert len(labels.segmentation_classes) == 9
+    assert set(labels.segmentation) == set(labels.boxes)  # every labelled stamp has its map
+    rgb = {stamp_to_ns(m.header.stamp): m for t, _, _, m in read_bag(result.path)
+           if t == "/rgb/image_raw"}
+    for stamp, path in labels.segmentation.items():
+        name = labels.sources[stamp]
+        assert path == result.path / "seg" / f"{name}.png"
+        # the map belongs to the image carried by that stamp
+        vis = cv2.resize(cv2.imread(str(src / "vi" / f"{name}.png")), (160, 120),
+                         interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(pixels(rgb[stamp])[:, :, ::-1], vis)
+        full = cv2.imread(str(src / "seg" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        expected = cv2.resize(full, (160, 120), interpolation=cv2.INTER_NEAREST)
+        got = load_segmentation(path)
+        np.testing.assert_array_equal(got, expected)
+        # nearest neighbour: no class id is invented between two others
+        assert set(np.unique(got)) <= set(np.unique(full)) and len(np.unique(got)) > 1
+    assert len(list((result.path / "seg").iterdir())) == 3  # one file per source frame
+
+
+def test_pairs_without_a_map_are_not_labelled_for_segmentation(tmp_path, shared_data):
+    det = shared_data / "det"  # of its first five pairs only 00004N has a label map
+    result = build_from_pairs(det, tmp_path / "bag", TimingConfig(), labels=True, limit=5)
+    labels = load_labels(result.path)
+    assert len(labels.segmentation_classes) == 9
+    assert {labels.sources[s] for s in labels.segmentation} == {"00004N"}
+    assert {labels.sources[s] for s in labels.boxes} == {"00001D", "00002D", "00003N",
+                                                         "00004N", "00005N"}
+    [path] = set(labels.segmentation.values())
+    np.testing.assert_array_equal(load_segmentation(path), cv2.imread(
+        str(det / "seg" / "00004N.png"), cv2.IMREAD_UNCHANGED))
+
+
+def test_label_map_layout_errors_are_named(tmp_path, shared_data):
+    src = shared_data / "msrs_det"
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for sub in ("ir", "vi", "labels"):
+        (folder / sub).mkdir()
+        for name in ("00111D.png", "00111D.txt"):
+            if (src / sub / name).is_file():
+                (folder / sub / name).symlink_to(src / sub / name)
+    (folder / "classes.txt").symlink_to(src / "classes.txt")
+    (folder / "masks").mkdir()  # masks/ is accepted as well as seg/, but needs its classes
+    with pytest.raises(BagBuildError, match="seg_classes.txt"):
+        build_from_pairs(folder, tmp_path / "a", labels=True)
+    (folder / "segmentation_classes.txt").write_text("background\nroad\n")
+    # 00111D's map holds class ids up to 7: not in a 2-class list
+    cv2.imwrite(str(folder / "masks" / "00111D.png"),
+                cv2.imread(str(src / "seg" / "00111D.png"), cv2.IMREAD_UNCHANGED))
+    with pytest.raises(BagBuildError, match=r"class ids \[.*7\] are not in the 2"):
+        build_from_pairs(folder, tmp_path / "b", labels=True)
+    cv2.imwrite(str(folder / "masks" / "00111D.png"), np.zeros((48, 64), np.uint8))
+    with pytest.raises(BagBuildError, match="64x48 does not match its visible image 640x480"):
+        build_from_pairs(folder, tmp_path / "c", labels=True)
+    ignore = np.full((480, 640), 255, np.uint8)
+    ignore[:240] = 1
+    cv2.imwrite(str(folder / "masks" / "00111D.png"), ignore)
+    labels = load_labels(build_from_pairs(folder, tmp_path / "d", labels=True).path)
+    assert labels.segmentation_classes == ["background", "road"]
+    assert set(np.unique(load_segmentation(next(iter(labels.segmentation.values()))))) == {1, 255}
+
+
 # --------------------------------------------------------------------------- timing
 @pytest.fixture(scope="module")
 def timed_bag(tmp_path_factory):
@@ -209,14 +279,21 @@ def test_receive_order_and_scene_sampling_pair_up(timed_bag):
     assert max(i for _, i in shown["thermal"]) == 29
 
 
-def test_scene_pixels_are_the_generator_s(timed_bag):
+def test_scene_pixels_and_masks_are_the_generator_s(timed_bag):
     result, config = timed_bag
     shown = {s: i for s, i in json.loads((result.path / LABELS_FILE).read_text())["frames"]["rgb"]}
+    labels = load_labels(result.path)
+    assert labels.segmentation_classes == list(SEGMENTATION_CLASSES)
+    assert set(labels.segmentation) == set(labels.boxes)
+    assert len(list((result.path / "seg").iterdir())) == 15  # loop=2 reuses the 15 maps
     for topic, _, _, msg in read_bag(result.path)[:12]:
         if topic == "/rgb/image_raw":
-            index = shown[stamp_to_ns(msg.header.stamp)] % 15
+            stamp = stamp_to_ns(msg.header.stamp)
+            index = shown[stamp] % 15
             scene = generate_scene(scene_seed(config.seed, index), 64, 64)
             np.testing.assert_array_equal(pixels(msg)[:, :, ::-1], scene.vis)
+            np.testing.assert_array_equal(load_segmentation(labels.segmentation[stamp]),
+                                          scene.mask)
 
 
 # --------------------------------------------------------------------------- options
@@ -257,6 +334,8 @@ def test_same_seed_gives_identical_bytes_through_the_cli(tmp_path, capsys):
     assert [(t, r, d) for t, r, d, _ in a] == [(t, r, d) for t, r, d, _ in b]
     sidecars = [(tmp_path / n / LABELS_FILE).read_bytes() for n in "ab"]
     assert sidecars[0] == sidecars[1]
+    maps = [{p.name: p.read_bytes() for p in (tmp_path / n / "seg").iterdir()} for n in "ab"]
+    assert maps[0] == maps[1] and len(maps[0]) == 4
     assert [r for _, r, _, _ in a] != [r for _, r, _, _ in c]
 
 

@@ -3,7 +3,8 @@ mAP, determinism, live replay into the node over DDS, and bad input.
 
 The bags are real: five pairs of ../shared/data/det (with their YOLO labels) at 160x128,
 written by the bag builder with a 10 Hz thermal camera 15 ms late and a 30 Hz RGB camera,
-and, for the live run, a few generated scenes. The bundle is the tiny one of test_pipeline.py
+four pairs of ../shared/data/msrs_det with their 9-class label maps (for mIoU), and, for the
+live run, a few generated scenes. The bundle is the tiny one of test_pipeline.py
 (real ONNX graphs, milliseconds per frame), so the tests are about the replay and not the
 networks. Nothing here asserts a wall-clock time.
 """
@@ -60,6 +61,29 @@ def det_bag(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path
     out = tmp_path_factory.mktemp("replay_bags") / "det"
     build_from_pairs(shared_data / "det", out, TIMING, labels=True, size=SIZE, limit=N_PAIRS)
     return out
+
+
+@pytest.fixture(scope="module")
+def seg_bag(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("replay_bags") / "msrs"
+    build_from_pairs(shared_data / "msrs_det", out, TIMING, labels=True, size=SIZE, limit=4)
+    return out
+
+
+#: The tiny segmenter's classes (dark, mid, bright) renamed: two match MFNet classes by name
+#: (one in another case), one does not.
+SEG_BUNDLE_CLASSES = ["unlabeled", "Person", "hot"]
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .test_pipeline import write_tiny_bundle
+
+    root = write_tiny_bundle(tmp_path_factory.mktemp("seg_bundle"))
+    meta = yaml.safe_load((root / "bundle.yaml").read_text())
+    meta["graphs"]["segmenter"]["class_names"] = SEG_BUNDLE_CLASSES
+    (root / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +230,135 @@ def test_map_of_the_detector_is_measured_against_the_labels(offline: dict) -> No
     # the tiny detector's fixed boxes are not the labelled objects: well below 1
     assert 0.0 <= det["mAP50"] < 0.5
     assert set(det["AP50"]) == {"person", "bicycle", "car"}
+
+
+def test_map_conf_changes_what_is_scored_not_what_is_published(
+        offline: dict, det_bag: Path, tiny_bundle: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """mAP from detections decoded at --map-conf (default 0.001); outputs at the node's 0.25."""
+    code, _, err = run_cli([det_bag, "--bundle", tiny_bundle, "--out", tmp_path / "o",
+                            "--offset-from-bag", "--map-conf", "0.25", "--metrics-frames", "0"],
+                           capsys)
+    assert code == 0, err
+    deployed = json.loads((tmp_path / "o" / "summary.json").read_text())
+    low, high = offline["summary"]["detection_eval"], deployed["detection_eval"]
+    assert (low["map_conf"], high["map_conf"]) == (0.001, 0.25)
+    assert low["deployed_conf"] == high["deployed_conf"] == 0.25
+    # at the deployed threshold the scored detections are the published ones ...
+    assert high["predictions_evaluated"] == deployed["frames"]["detections"]
+    # ... at 0.001 the tiny detector's two low-score anchors are scored as well
+    assert low["predictions_evaluated"] == high["predictions_evaluated"] + 2 * N_PAIRS
+    assert low["mAP50"] >= high["mAP50"]  # more detections lower in the ranking never hurt AP
+    assert "decoded at conf 0.001" in low["note"]
+    # what the node would publish is the same whatever --map-conf is
+    assert offline["summary"]["frames"]["detections"] == deployed["frames"]["detections"]
+    for rel in ("detections.json", "fused_bag/fused_bag.mcap"):
+        assert (offline["out"] / rel).read_bytes() == (tmp_path / "o" / rel).read_bytes(), rel
+    with pytest.raises(SystemExit):
+        replay.main([str(det_bag), "--map-conf", "1.5", "--out", str(tmp_path / "bad")])
+    assert "--map-conf must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_last_detector_output_decoded_lower_adds_low_scores_and_keeps_the_published_ones(
+        tiny_bundle: Path, shared_data: Path) -> None:
+    from tdfusion_ros.pipeline import FusionPipeline, PipelineSettings
+    from tdfusion_ros.postprocess import decode_yolo
+
+    from .test_pipeline import real_pair
+
+    pipeline = FusionPipeline(tiny_bundle, PipelineSettings(backend="onnxruntime", threads=1))
+    try:
+        assert pipeline.last_detector_output is None  # no frame yet
+        result = pipeline.process(*real_pair(shared_data))
+        raw, box = pipeline.last_detector_output
+        t = pipeline.thresholds
+    finally:
+        pipeline.close()
+    published = result.detections
+    low = decode_yolo(raw, 0.001, t.iou, t.max_det, box)
+    again = decode_yolo(raw, t.conf, t.iou, t.max_det, box)
+    assert len(published) == 4 and len(low) == 6
+    assert float(low.scores.min()) < 0.25 <= float(published.scores.min())
+    # greedy NMS keeps in score order: the published detections lead the low-threshold list
+    np.testing.assert_array_equal(low.xyxy[:4], published.xyxy)
+    np.testing.assert_array_equal(low.class_ids[:4], published.class_ids)
+    np.testing.assert_array_equal(again.xyxy, published.xyxy)
+
+
+def _iou_by_hand(out: Path, bag: Path) -> dict[str, float]:
+    """IoU per label class from the written masks and the bag's label maps, by class name."""
+    labels = json.loads((bag / "labels.json").read_text())
+    label_names = labels["segmentation"]["classes"]
+    rows = (out / "frames.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    inter = dict.fromkeys(label_names, 0)
+    union = dict.fromkeys(label_names, 0)
+    for row in rows[1:]:
+        cells = dict(zip(header, row.split(",")))
+        entry = labels["labels"][cells["rgb_stamp_ns"]]
+        label = cv2.imread(str(bag / entry["seg"]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / "masks" / f"{cells['frame']}.png"), cv2.IMREAD_UNCHANGED)
+        assert label.shape == mask.shape == SIZE[::-1]  # identity registration: same grid
+        keep = label != 255
+        pred_names = np.array([n.lower() for n in SEG_BUNDLE_CLASSES])[mask[keep]]
+        true_names = np.array(label_names)[label[keep]]
+        for name in label_names:
+            t, p = true_names == name, pred_names == name
+            inter[name] += int((t & p).sum())
+            union[name] += int((t | p).sum())
+    return {n: inter[n] / union[n] for n in label_names if union[n]}
+
+
+def test_miou_of_the_segmenter_against_the_label_maps(
+        seg_bag: Path, seg_bundle: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    code, stdout, err = run_cli([seg_bag, "--bundle", seg_bundle, "--out", out,
+                                 "--offset-from-bag", "--metrics-frames", "0"], capsys)
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    seg = s["segmentation_eval"]
+    assert seg["frames_evaluated"] == s["frames"]["processed"] == 4
+    assert seg["classes"] == ["unlabeled", "car", "person", "bike", "curve", "car_stop",
+                              "guardrail", "color_cone", "bump"]
+    assert seg["matched"] == {"unlabeled": "unlabeled", "person": "Person"}
+    assert seg["segmenter_classes_not_in_labels"] == ["hot"]
+    assert "car" in seg["label_classes_not_in_segmenter"]
+    assert seg["predicted_outside_labels"]["hot"] > 0
+    expected = _iou_by_hand(out, seg_bag)
+    assert set(expected) == set(seg["classes_in_mIoU"]) and len(expected) < 9
+    for name, value in expected.items():
+        assert seg["IoU"][name] == pytest.approx(value, abs=1e-12), name
+    assert seg["mIoU"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+    assert 0.0 < seg["IoU"]["unlabeled"] < 1.0 and seg["IoU"]["car"] == 0.0
+    assert "present in the labels or the predictions" in seg["note"] and "hot" in seg["note"]
+    assert f"mIoU {seg['mIoU']:.4f} over {len(expected)} classes" in stdout
+    for page in ("summary.md", "report.html"):
+        text = (out / page).read_text()
+        assert "Segmentation accuracy" in text and "color_cone" in text, page
+    assert "| unlabeled |" in (out / "summary.md").read_text()
+
+
+def test_iou_is_exactly_one_when_the_label_maps_are_the_predictions(
+        seg_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stamps, label maps and the fused grid line up; no segmenter is needed for this check."""
+    from .test_pipeline import write_tiny_bundle
+
+    bundle = write_tiny_bundle(tmp_path / "bundle", segmenter=False)
+    args = [seg_bag, "--bundle", bundle, "--offset-from-bag", "--metrics-frames", "0",
+            "--samples", "0", "--no-video"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "a", "--predictions-from-labels"], capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    seg = s["segmentation_eval"]
+    assert seg["frames_evaluated"] == 4 and seg["mIoU"] == 1.0
+    present = [n for n, v in seg["IoU"].items() if v is not None]
+    assert len(present) >= 3 and all(seg["IoU"][n] == 1.0 for n in present)
+    assert s["detection_eval"]["mAP50"] == 1.0
+    code, _, err = run_cli([*args, "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    seg = json.loads((tmp_path / "b" / "summary.json").read_text())["segmentation_eval"]
+    assert seg["mIoU"] is None and "no segmenter" in seg["note"]
 
 
 def test_two_runs_give_identical_outputs(det_bag: Path, tiny_bundle: Path, tmp_path: Path,
