@@ -60,8 +60,8 @@ class Recipe:
         "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320]})
     segmenter: dict[str, Any] = field(default_factory=lambda: {
         "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
-    final_detector_epochs: int = 20   # the shipped detector: arm (d)'s, trained on
-    final_segmenter_epochs: int = 6   # the shipped segmenter: likewise
+    final_detector_epochs: int = 12   # the shipped detector: arm (d)'s, trained on
+    final_segmenter_epochs: int = 0   # the shipped segmenter: likewise (0: arm (d)'s as is)
     threads: int = 2
 
     @property
@@ -112,10 +112,17 @@ class Stages:
                           lambda a=arm, s=seed: self._segmenter(a, s),
                           root / f"segmenter_{arm}_s{seed}" / "metrics.json")
         self._add("detector_final", self._detector_final, root / "detector_final" / "metrics.json")
-        self._add("segmenter_final", self._segmenter_final,
-                  root / "segmenter_final" / "metrics.json")
+        self._add("segmenter_final", self._segmenter_final, self._final_segmenter_dir
+                  / "metrics.json")
         self._add("evaluate", self._evaluate, REPO / recipe.results_dir / "results.json")
         self._add("export", self._export, REPO / recipe.bundle / "bundle.yaml")
+
+    @property
+    def _final_segmenter_dir(self) -> Path:
+        """0 extra epochs ships arm (d)'s segmenter as it is."""
+        if self.r.final_segmenter_epochs == 0:
+            return self.r.root / "segmenter_tdfusion_s0"
+        return self.r.root / "segmenter_final"
 
     def _add(self, name: str, run: Callable[[], None], output: Path) -> None:
         self.order.append((name, run, output))
@@ -206,7 +213,9 @@ class Stages:
         from training.train_segmenter import evaluate_segmenter, train_segmenter
 
         data = FusedDataset(self.r.root / "fused" / "tdfusion")
-        out = self.r.root / "segmenter_final"
+        out = self._final_segmenter_dir
+        if self.r.final_segmenter_epochs == 0:
+            return  # arm (d)'s segmenter_tdfusion_s0 stage made it
         s = self.r.segmenter
         task_pt = train_segmenter(data, out, epochs=self.r.final_segmenter_epochs,
                                   batch=s["batch"], lr=s["lr"] / 2, seed=0,
@@ -229,7 +238,7 @@ class Stages:
                    "--conf-threshold", str(metrics["best_f1_conf"]),
                    "--fusion", str(root / "tdfusion" / "fusion.pt"),
                    "--task", str(root / "detector_final" / "task.pt"),
-                   "--task", str(root / "segmenter_final" / "task.pt"),
+                   "--task", str(self._final_segmenter_dir / "task.pt"),
                    "--out", str(REPO / self.r.bundle)]
         _log("export: " + " ".join(command))
         subprocess.run(command, check=True)
