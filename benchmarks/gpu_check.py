@@ -1,5 +1,6 @@
-"""The one prepared GPU check: TensorRT FP16 engines for the three graphs at 640x480, parity
-against ONNX Runtime, and per-stage timings. Run through ``benchmarks/gpu_check.sh``.
+"""The one prepared GPU check: F, the detector and the segmenter at 640x480 on CUDA in fp32 and
+fp16, each checked against ONNX Runtime on the CPU, and TensorRT where the machine has it.
+Run through ``benchmarks/gpu_check.sh``.
 
 Two steps, because the GPU machine has no copy of ../shared/data and no ultralytics:
 
@@ -8,14 +9,19 @@ Two steps, because the GPU machine has no copy of ../shared/data and no ultralyt
 
 ``prepare`` exports the fusion graph of the official checkpoint and, when the task exporters
 import, a YOLOv8n detector and a SegFormer-B0 segmenter with seeded random weights (speed and
-TensorRT-vs-ORT parity do not depend on training) at 480x640, into one verified bundle.
+GPU-vs-CPU parity do not depend on training) at 480x640, into one verified bundle; and the
+same three graphs converted to float16 (``fp16/``, float32 inputs and outputs kept),
+because ONNX Runtime's CUDA provider runs a graph in the precision it was written in, and
+TensorRT 11 builds strongly typed networks.
 
-``run`` reports the machine (GPU, TensorRT, ONNX Runtime providers), then for each graph: the
-ONNX Runtime CPU output as reference; TensorRT FP16 (build time, cache reuse on a second
-load, max abs diff, detections matched, class-map agreement); and timings (median of
+``run`` reports the machine (GPU, TensorRT, ONNX Runtime providers, and plainly what is
+missing), then for each graph: the ONNX Runtime CPU output as the reference; ONNX Runtime CUDA
+fp32 and fp16; TensorRT fp16 (the fp32 graph with the FP16 flag; on TensorRT 11 that builds
+FP32, so the fp16 graph is built too) and fp32, each with build time, max abs diff, detections
+matched and class-map agreement; PyTorch CUDA fp32/fp16 for F; and timings (median of
 ``--runs``) of preprocess, fusion, detector, segmenter, post-process and the whole frame.
-Where TensorRT is missing it says so and times PyTorch on CUDA (fusion, fp32 and fp16) as the
-GPU data point instead. Results go to ``<out>/gpu_check.json``.
+TensorRT builds stop once ``--budget`` seconds have passed, saying which were skipped, so the
+run stays within its time limit. Results go to ``<out>/gpu_check.json``.
 """
 
 from __future__ import annotations
@@ -71,8 +77,30 @@ def prepare(out: Path, data: Path, checkpoint: Path) -> None:
             tasks.segformer_b0(9), bundle / "segmenter.onnx", TASK_HW,
             class_names=[f"class{i}" for i in range(9)], check_images=images)
     write_bundle(bundle, graphs, colour=COLOUR_CONVENTION, producer="benchmarks/gpu_check.py")
+    half = _export_fp16(bundle, out / "fp16", graphs)
+    print(f"fp16 graphs: {half}")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"prepared {out} ({size / 2**20:.1f} MiB): {', '.join(graphs)}")
+
+
+def _export_fp16(bundle: Path, out: Path, graphs: dict[str, Any]) -> dict[str, str]:
+    """float16 copies of the bundle's graphs (float32 inputs and outputs kept, so they are fed
+    like the others), by ONNX Runtime's own converter."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for name in graphs:
+        try:
+            model = onnx.load(str(bundle / f"{name}.onnx"))
+            onnx.save(convert_float_to_float16(model, keep_io_types=True),
+                      str(out / f"{name}.onnx"))
+            done[name] = "ok"
+        except Exception as err:  # noqa: BLE001 - recorded; the run says this graph has no fp16
+            done[name] = f"failed: {type(err).__name__}: {err}"[:300]
+    (out / "exported.json").write_text(json.dumps(done, indent=1))
+    return done
 
 
 def _median_time(function: Any, runs: int) -> float:
@@ -103,8 +131,19 @@ def _environment() -> dict[str, Any]:
         import tensorrt
 
         info["tensorrt"] = tensorrt.__version__
-    except ImportError:
+    except ImportError as err:
         info["tensorrt"] = None
+        info["tensorrt_missing"] = f"TensorRT is not installed on this machine ({err})"
+    from tdfusion_ros.engines.onnxruntime_engine import cuda_provider_available
+
+    info["ort_cuda"] = cuda_provider_available()[1]
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.cuda.is_available()
+    except ImportError:
+        info["torch"] = None
     return info
 
 
@@ -133,11 +172,10 @@ def _matched_detections(reference: Any, other: Any) -> dict[str, Any]:
             "min_matched_iou": float(min(ious)) if ious else None}
 
 
-def run(work: Path, out: Path, runs: int) -> dict[str, Any]:
-    import cv2
+def run(work: Path, out: Path, runs: int, budget: float) -> dict[str, Any]:
 
     from tdfusion_ros.bundle import load_bundle
-    from tdfusion_ros.colour import prepare_pair
+    from tdfusion_ros.colour import prepare_pair, restore_colour
     from tdfusion_ros.engines import EngineError, create_engine
     from tdfusion_ros.image_io import read_image, to_unit_float
     from tdfusion_ros.postprocess import (
@@ -162,24 +200,41 @@ def run(work: Path, out: Path, runs: int) -> dict[str, Any]:
     stages: dict[str, dict[str, float]] = {"preprocess": {"cpu": _median_time(preprocess, runs)}}
     engines: dict[str, dict[str, Any]] = {}
     graphs = [g for g in ("fusion", "detector", "segmenter") if g in bundle.graphs]
+    started = time.perf_counter()
     for graph in graphs:
-        engines[graph] = {"onnxruntime": create_engine(bundle.graph(graph).path, "onnxruntime",
+        path = bundle.graph(graph).path
+        half_path = work / "fp16" / f"{graph}.onnx"
+        engines[graph] = {"onnxruntime": create_engine(path, "onnxruntime",
                                                        specialise_shapes=True, name=graph)}
         # Build up front (input_shapes), so the build is timed apart from the runs.
         shapes = ({k: v.shape for k, v in feeds.items()} if graph == "fusion" else
                   {t.name: tuple(t.shape) for t in bundle.graph(graph).inputs})
-        try:
-            start = time.perf_counter()
-            trt_engine = create_engine(bundle.graph(graph).path, "tensorrt", name=graph,
-                                       precision="fp16", cache_dir=out / "engine_cache",
-                                       input_shapes=shapes)
-            build = time.perf_counter() - start
-            engines[graph]["tensorrt"] = trt_engine
-            result.setdefault("tensorrt_build_s", {})[graph] = build
-            result.setdefault("tensorrt_engine", {})[graph] = trt_engine.describe()
-        except EngineError as err:
-            result.setdefault("tensorrt_unavailable", {})[graph] = str(err)
-            print(f"{graph}: TensorRT not run: {err}", flush=True)
+        candidates = [("onnxruntime-cuda-fp32", path, "onnxruntime", {"device": "cuda"}),
+                      ("onnxruntime-cuda-fp16", half_path, "onnxruntime", {"device": "cuda"}),
+                      ("tensorrt", path, "tensorrt", {"precision": "fp16"}),
+                      ("tensorrt-fp32", path, "tensorrt", {"precision": "fp32"}),
+                      ("tensorrt-fp16-graph", half_path, "tensorrt", {"precision": "fp16"})]
+        for label, onnx_path, backend, options in candidates:
+            if not onnx_path.is_file():
+                result.setdefault("not_run", {})[f"{graph} {label}"] = f"{onnx_path} missing"
+                continue
+            if backend == "tensorrt":
+                if time.perf_counter() - started > budget:
+                    result.setdefault("not_run", {})[f"{graph} {label}"] = (
+                        f"skipped: the {budget:.0f} s budget for builds was spent")
+                    continue
+                options = {**options, "cache_dir": out / "engine_cache",
+                           "input_shapes": shapes}
+            try:
+                start = time.perf_counter()
+                engine = create_engine(onnx_path, backend, name=graph, **options)
+                engines[graph][label] = engine
+                result.setdefault("load_s", {})[f"{graph} {label}"] = (
+                    time.perf_counter() - start)
+                result.setdefault("engines", {})[f"{graph} {label}"] = engine.describe()
+            except EngineError as err:
+                result.setdefault("not_run", {})[f"{graph} {label}"] = str(err)
+                print(f"{graph}: {label} not run: {err}", flush=True)
 
     fused_ref = engines["fusion"]["onnxruntime"].run(feeds)["fused"]
     outputs: dict[str, dict[str, Any]] = {"fusion": {"onnxruntime": fused_ref}}
@@ -192,8 +247,7 @@ def run(work: Path, out: Path, runs: int) -> dict[str, Any]:
             result.setdefault("parity", {})[f"fusion {backend}"] = {
                 "max_abs_diff": float(np.abs(fused - fused_ref).max()),
                 "tolerance": FUSION_TOLERANCE}
-    if "tensorrt" not in engines["fusion"]:
-        _torch_fusion(work, feeds, fused_ref, runs, stages, result)
+    _torch_fusion(work, feeds, fused_ref, runs, stages, result)
 
     fused_y = fused_ref[0, 0]
     if "detector" in engines:
@@ -235,12 +289,11 @@ def run(work: Path, out: Path, runs: int) -> dict[str, Any]:
                     "class_map_agreement": agreement}
         stages["segmenter_postprocess"] = {"cpu": _median_time(
             lambda: segmentation_class_map(logits_ref, fused_y.shape), runs)}
-    colour = _median_time(lambda: cv2.cvtColor(np.dstack([fused_y, pair.chroma]),
-                                               cv2.COLOR_YCrCb2BGR)
-                          if pair.chroma is not None else fused_y, runs)
+    colour = _median_time(lambda: restore_colour(fused_y, pair.chroma), runs)
     stages["colour_restore"] = {"cpu": colour}
     result["stages_s"] = stages
-    for backend in ("onnxruntime", "tensorrt"):
+    backends = {b for g in graphs for b in stages.get(g, {})}
+    for backend in sorted(backends):
         if all(backend in stages.get(g, {}) for g in graphs):
             cpu_stages = sum(v["cpu"] for k, v in stages.items() if "cpu" in v)
             result.setdefault("frame_s", {})[backend] = cpu_stages + sum(
@@ -301,17 +354,19 @@ def main() -> int:
     go.add_argument("--work", type=Path, default=REPO / ".gpu_check")
     go.add_argument("--out", type=Path, required=True)
     go.add_argument("--runs", type=int, default=20)
+    go.add_argument("--budget", type=float, default=150.0,
+                    help="seconds after which no further TensorRT engine is built")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.out, args.data, args.checkpoint)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.work, args.out, args.runs)
+    result = run(args.work, args.out, args.runs, args.budget)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "environment"}, indent=1,
                      default=str))
     failed = [k for k, v in result.get("parity", {}).items()
-              if "max_abs_diff" in v and k.startswith("fusion tensorrt")
+              if "max_abs_diff" in v and k.startswith("fusion ")
               and v["max_abs_diff"] > FUSION_TOLERANCE]
     return 1 if failed else 0
 

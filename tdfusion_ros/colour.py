@@ -66,13 +66,28 @@ def prepare_pair(ir: np.ndarray, vis: np.ndarray) -> LumaPair:
 
 
 def restore_colour(fused_y: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:
-    """Fused float Y (H, W) -> uint8 BGR image, or uint8 grey when there is no chroma."""
-    fused_y = np.clip(fused_y.astype(np.float32, copy=False), 0.0, 1.0)
+    """Fused float Y (H, W) -> uint8 BGR image, or uint8 grey when there is no chroma.
+
+    Y is clipped to [0, 1] before the colour conversion (a Y outside it would shift the
+    colours); the result is then rounded and saturated in one pass.
+    """
+    fused_y = np.asarray(fused_y, dtype=np.float32)
     if chroma is None:
-        return to_uint8(fused_y)
-    ycrcb = np.concatenate([fused_y[..., None], chroma], axis=2)
-    return to_uint8(cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR))
+        return to_uint8(fused_y)  # the saturation to [0, 255] is the clip
+    ycrcb = np.empty(fused_y.shape + (3,), np.float32)
+    np.clip(fused_y, 0.0, 1.0, out=ycrcb[..., 0])
+    ycrcb[..., 1:] = chroma
+    return to_uint8(cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR, dst=ycrcb))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8: x * 255 rounded half to even, saturated to [0, 255].
+
+    float32 images with up to 4 channels take one OpenCV pass (same values: the product is
+    formed in float32 either way); anything else takes numpy's four.
+    """
+    image = np.asarray(image)
+    if (image.dtype == np.float32 and image.ndim in (2, 3) and image.size
+            and (image.ndim == 2 or image.shape[2] <= 4)):
+        return cv2.addWeighted(image, 255.0, image, 0.0, 0.0, dtype=cv2.CV_8U)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)

@@ -103,6 +103,9 @@ class PipelineSettings:
     device: str = "cpu"
     threads: int = 0  # 0: every CPU this process may use
     spin: bool = False  # ORT busy-wait: faster alone, but steals cores from the robot
+    # ORT: run the fusion graph in a session specialised to the frame size (built at the first
+    # frame of each size): 3-16 % faster at 640x480 on 2 cores, ~150 MiB more peak memory.
+    fixed_shape: bool = True
     precision: str = "fp16"
     cache_dir: str = ""
     detection: bool = True
@@ -280,7 +283,8 @@ def _default_engine_factory(settings: PipelineSettings) -> EngineFactory:
         options["cache_dir"] = settings.cache_dir
 
     def factory(bundle: Bundle, name: str) -> Any:
-        return engine_for(bundle, name, settings.backend, **options)
+        extra = {"specialise_shapes": True} if name == "fusion" and settings.fixed_shape else {}
+        return engine_for(bundle, name, settings.backend, **options, **extra)
 
     return factory
 

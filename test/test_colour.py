@@ -62,3 +62,33 @@ def test_colour_mapped_infrared_and_colour_visible_are_combined() -> None:
     ir_crcb = cv2.cvtColor(ir_colour, cv2.COLOR_BGR2YCrCb)[..., 1:]
     vis_crcb = cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)[..., 1:]
     np.testing.assert_allclose(pair.chroma, combine_chroma(ir_crcb, vis_crcb))
+
+
+def test_restore_colour_equals_the_plain_float_formula(shared_data) -> None:
+    """One rounding pass gives the same bytes as clip, YCrCb -> BGR, x 255, rint, clip."""
+    from tdfusion_ros.colour import to_uint8
+    from tdfusion_ros.image_io import read_image, to_unit_float
+
+    def plain(fused_y: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:
+        y = np.clip(fused_y, 0.0, 1.0)
+        if chroma is not None:
+            y = cv2.cvtColor(np.concatenate([y[..., None], chroma], axis=2),
+                             cv2.COLOR_YCrCb2BGR)
+        return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+    rng = np.random.default_rng(6)
+    for name in ("00055D", "00004N"):
+        pair = prepare_pair(to_unit_float(read_image(shared_data / "det" / "ir" / f"{name}.png")),
+                            to_unit_float(read_image(shared_data / "det" / "vi" / f"{name}.png")))
+        out_of_range = (pair.vis_y * 1.4 - 0.2).astype(np.float32)
+        noise = rng.uniform(-0.1, 1.1, pair.vis_y.shape).astype(np.float32)
+        for fused_y in (pair.vis_y, pair.ir_y, out_of_range, noise):
+            for chroma in (pair.chroma, None):
+                np.testing.assert_array_equal(restore_colour(fused_y, chroma),
+                                              plain(fused_y, chroma))
+    # Around every half step of the 8-bit scale, and outside [0, 1].
+    steps = (np.arange(-40, 256 * 8 + 40) / 8 / 255).astype(np.float32)
+    steps = np.concatenate([steps, np.nextafter(steps, 2), np.nextafter(steps, -2)])
+    np.testing.assert_array_equal(to_uint8(steps.reshape(4, -1)),
+                                  np.clip(np.rint(steps.reshape(4, -1) * 255.0), 0, 255)
+                                  .astype(np.uint8))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -233,6 +234,26 @@ def test_class_map_many_classes_and_same_size() -> None:
     np.testing.assert_array_equal(same, logits[0].argmax(0))
     with pytest.raises(ValueError, match="uint8"):
         segmentation_class_map(np.zeros((300, 4, 4), np.float32), (8, 8))
+
+
+def _class_map_by_stack(logits: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """The plain formula: every class plane resized, then numpy's argmax over classes."""
+    planes = [cv2.resize(plane, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+              for plane in logits]
+    return np.stack(planes).argmax(0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 9, 150])
+def test_class_map_equals_the_argmax_of_the_resized_planes(classes: int) -> None:
+    """Exactly equal, ties included (the lower class id wins, as numpy and torch decide)."""
+    rng = np.random.default_rng(classes)
+    logits = rng.normal(size=(classes, 30, 40)).astype(np.float32)
+    logits[-1, :8, :8] = logits[0, :8, :8]  # exact ties between the first and last class
+    logits[:, 20:, 30:] = 0.5  # all classes tied
+    for out_hw in ((480, 640), (30, 40), (17, 23)):
+        got = segmentation_class_map(logits[None], out_hw)
+        np.testing.assert_array_equal(got, _class_map_by_stack(logits, out_hw))
+    assert classes == 1 or len(np.unique(got)) > 1
 
 
 def test_runtime_module_imports_no_torch() -> None:

@@ -16,9 +16,12 @@ rather than left to ONNX Runtime's defaults:
   measured) without being faster than the arena's own reuse.
 * ``specialise_shapes``: off by default. One session per input size with the dynamic dims
   fixed (``add_free_dimension_override_by_name``), kept for the last few sizes, so that the
-  optimiser knows every shape. For graphs exported with symbolic shape annotations (the
-  fusion graph, see ``training/export.py``) one dynamic session was as fast or faster and
-  used less memory (F at 640x480: 780 vs 934 MiB peak), without a new session per size.
+  optimiser knows every shape. For the fusion graph as exported now (per-head attention mix,
+  sizes read from the inputs: ``training/export.py``) that was 3-16 % faster at 640x480 in
+  interleaved runs on 2 busy cores (``benchmarks/bench_pipeline.py --fixed-shape``), for
+  ~150 MiB more peak memory (F alone: 924 vs 771 MiB) and a session build at the first frame
+  of each new size; the pipeline turns it on for the fusion graph
+  (``PipelineSettings.fixed_shape``).
 """
 
 from __future__ import annotations
