@@ -77,7 +77,7 @@ import cv2
 import numpy as np
 import yaml
 
-from tdfusion_ros import node_params
+from tdfusion_ros import node_params, paths
 from tdfusion_ros.bag_reader import (
     COMPRESSED_TYPE,
     BagDamageWarning,
@@ -1862,7 +1862,7 @@ def _compare_boxes(a: list[tuple], b: list[tuple], iou_min: float) -> str | None
 # =========================================================================== command line
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="replay_eval",
+        prog=paths.program_name("tdfusion_ros.replay"),
         description="Replay a rosbag through the fusion pipeline (offline, and live into the "
                     "node with --live) and write fused video, detections, masks, a bag of "
                     "the node's outputs and an HTML report.",
