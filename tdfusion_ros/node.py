@@ -77,13 +77,18 @@ from tdfusion_ros.pipeline import (
     PipelineInputError,
     overlay,
 )
-from tdfusion_ros.ros_image import (
-    ENCODINGS,
+from tdfusion_ros.ros_image import (  # noqa: F401 - the drop causes are part of our API
+    BAD_STEP,
+    CONVERSION_ERROR,
+    DECODE_FAILED,
+    TRUNCATED_DATA,
+    UNKNOWN_ENCODING,
+    ZERO_SIZE,
     ImageConversionError,
     array_to_image,
+    classify_conversion_error,
     image_to_bgr8,
     image_to_mono,
-    is_compressed,
     set_header,
     stamp_to_ns,
 )
@@ -115,33 +120,11 @@ except ImportError:  # pragma: no cover - very old rclpy
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 
-# Drop causes for messages rejected before pairing.
-UNKNOWN_ENCODING = "unknown_encoding"
-ZERO_SIZE = "zero_size"
-TRUNCATED_DATA = "truncated_data"
-BAD_STEP = "bad_step"
-DECODE_FAILED = "decode_failed"
-CONVERSION_ERROR = "conversion_error"
 PROCESSING_ERROR = "processing_error"
 RATE_WINDOW_S = 2.0
 NO_INPUT = "no_input"
 # Modes worth a log line when entered (waiting_for_* and paused are transient or asked for).
 REPORTED_MODES = (FUSION, RGB_ONLY, THERMAL_ONLY, NO_INPUT)
-
-
-def classify_conversion_error(msg: Any) -> str:
-    """Counter name for a message ``ros_image`` refused, from its fields (not the error text)."""
-    if is_compressed(msg):
-        return DECODE_FAILED if len(msg.data) else TRUNCATED_DATA
-    if msg.encoding not in ENCODINGS:
-        return UNKNOWN_ENCODING
-    if msg.width == 0 or msg.height == 0:
-        return ZERO_SIZE
-    if len(msg.data) != msg.step * msg.height:
-        return TRUNCATED_DATA
-    if msg.step < msg.width:
-        return BAD_STEP
-    return CONVERSION_ERROR
 
 
 @dataclass
