@@ -226,7 +226,7 @@ def test_tests_needing_training_packages_skip_where_they_are_missing(tmp_path: P
         "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'fake'}{os.pathsep}{REPO}")
     env.pop("CI", None)
-    proc = _pytest(["-rs", "test/test_networks.py"], REPO, env)
+    proc = _pytest(["-rs", "test/test_networks.py", "test/test_thermal_gain.py"], REPO, env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 skipped" in proc.stdout and "needs 'torch'" in proc.stdout, proc.stdout
     proc = _pytest(["test/test_networks.py"], REPO, dict(env, CI="true"))
