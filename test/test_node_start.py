@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as the feeder script
 from tdfusion_ros import node_params  # noqa: E402
 
 if __package__ not in (None, ""):
-    from .test_node import domain_id, ros_env, write_config
+    from .test_node import domain_id, ros_env, stop, write_config
     from .test_pipeline import write_tiny_bundle
 
 FEED_SIZE = (320, 256)  # the default bundle's F takes ~0.2 s here: the worker is mostly busy
@@ -167,6 +167,121 @@ def test_ros_parameters_are_left_alone_and_a_namespace_is_named(
     assert " /fused/" not in log, log  # no un-namespaced topic named anywhere
 
 
+# ============================================================================ /clock
+SIM_SPEED = 0.25  # the bag plays at a quarter of its recorded rate
+SIM_TIMEOUT = 0.3  # fallback.timeout, seconds of the node's (sim) clock
+
+
+def test_silence_is_judged_on_the_node_clock(tmp_path: Path, fusion_only_bundle: Path) -> None:
+    """A replay at 0.25x with /clock: the thermal camera sends every 0.2 s of sim time (0.8 s
+    of wall time), within the 0.3 s timeout on the node's clock, so the node keeps fusing;
+    when it stops for longer than 0.3 s of sim time, the node falls back to RGB alone."""
+    import json
+
+    config = write_config(tmp_path / "sim.yaml", {
+        "backend": "onnxruntime", "fallback.timeout": SIM_TIMEOUT,
+        "diagnostics.period": 0.1, "log_throttle": 0.0})
+    spec = node_params.launch_spec({"config": str(config), "bundle": str(fusion_only_bundle),
+                                    "use_sim_time": "true"})
+    domain = domain_id()
+    node_log = tmp_path / "node.log"
+    node = subprocess.Popen(spec.command([sys.executable, "-m", "tdfusion_ros.node"]),
+                            env=ros_env(domain, spec), stdout=node_log.open("w"),
+                            stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        driver = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "simclock"], env=ros_env(domain),
+            capture_output=True, text=True, timeout=300, cwd=REPO)
+    finally:
+        code = stop(node)
+    log = node_log.read_text()
+    assert driver.returncode == 0, driver.stdout + driver.stderr + log
+    record = json.loads(driver.stdout.strip().splitlines()[-1])
+    steady = [o for o in record["outputs"] if o["phase"] == "both"]
+    assert len(steady) >= 3, (record, log)
+    assert not [o for o in steady if o["equals_rgb"]], "fell back while both cameras sent"
+    modes = {d["mode"] for d in record["diagnostics"] if d["phase"] == "both"}
+    assert not modes & {"rgb_only", "thermal_only", "no_input"}, (modes, log)
+    stopped = [d["mode"] for d in record["diagnostics"] if d["phase"] == "thermal_stopped"]
+    assert "rgb_only" in stopped, (stopped, log)
+    assert any(o["equals_rgb"] for o in record["outputs"] if o["phase"] == "thermal_stopped")
+    assert code == 0, log
+
+
+def simclock_main(argv: list[str]) -> int:
+    """Play /clock at SIM_SPEED with an RGB camera at 10 Hz and a thermal one at 5 Hz (sim
+    time), then stop the thermal camera; print what the node published as one JSON line."""
+    import json
+
+    import numpy as np
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    from tdfusion_ros.ros_image import array_to_image, image_to_array, stamp_to_ns
+
+    rclpy.init()
+    node = Node("simclock_driver")
+    clock = node.create_publisher(Clock, "/clock", 10)
+    thermal = node.create_publisher(Image, "/thermal/image_raw", 10)
+    rgb = node.create_publisher(Image, "/rgb/image_raw", 10)
+    rng = np.random.default_rng(1)
+    ir = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    vi = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    phase = ["startup"]
+    record: dict = {"outputs": [], "diagnostics": []}
+
+    def on_fused(msg: Image) -> None:
+        pixels = image_to_array(msg)
+        record["outputs"].append({"phase": phase[0], "stamp": stamp_to_ns(msg.header.stamp),
+                                  "equals_rgb": bool(np.array_equal(pixels, vi))})
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith(": state"):
+                values = {kv.key: kv.value for kv in status.values}
+                record["diagnostics"].append({"phase": phase[0], "mode": values.get("mode")})
+
+    node.create_subscription(Image, "/fused/image", on_fused, 10)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    sim_ns = [1000 * 10**9]
+    tick_ns = 25_000_000  # 25 ms of sim time per 100 ms of wall time
+
+    def tick(count: int, thermal_on: bool) -> None:
+        for _ in range(count):
+            sim_ns[0] += tick_ns
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = divmod(sim_ns[0], 10**9)
+            clock.publish(msg)
+            step = sim_ns[0] // tick_ns
+            if step % 4 == 0:  # 10 Hz of sim time
+                if thermal_on and step % 8 == 0:  # 5 Hz of sim time
+                    thermal.publish(array_to_image(ir, "mono8", sim_ns[0], "thermal"))
+                rgb.publish(array_to_image(vi, "bgr8", sim_ns[0], "rgb"))
+            deadline = time.monotonic() + tick_ns / 1e9 / SIM_SPEED
+            while time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=max(0.0, deadline - time.monotonic()))
+
+    deadline = time.monotonic() + 120
+    while (thermal.get_subscription_count() < 1 or rgb.get_subscription_count() < 1
+           or node.count_publishers("/fused/image") < 1):
+        if time.monotonic() > deadline:
+            print("the node did not come up", file=sys.stderr)
+            return 1
+        tick(1, thermal_on=False)
+    tick(10, thermal_on=True)  # discovery of our subscriptions by the node
+    phase[0] = "both"
+    tick(40, thermal_on=True)  # 1 s of sim time, 4 s of wall time
+    phase[0] = "thermal_stopped"
+    tick(32, thermal_on=False)
+    print(json.dumps(record), flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
 # ============================================================================ the feeder
 def feeder_main(argv: list[str]) -> int:
     """Publish thermal + RGB pairs of FEED_SIZE at 5 Hz until killed."""
@@ -213,3 +328,5 @@ def feeder_main(argv: list[str]) -> int:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "feeder":
     sys.exit(feeder_main(sys.argv[2:]))
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "simclock":
+    sys.exit(simclock_main(sys.argv[2:]))
