@@ -460,10 +460,10 @@ class FusionNode(_BaseNode):
         self._state = "inactive"
         engines = "; ".join(pipeline.describe().values())
         outputs = ", ".join(self._topic_name(pub, name) for name, pub in (
-            ("fused/image", self._out_pubs["image"]),
-            ("fused/detections", self._out_pubs.get("detections")),
-            ("fused/segmentation", self._out_pubs.get("segmentation")),
-            ("fused/segmentation_overlay", self._out_pubs.get("overlay"))) if pub is not None)
+            (params.IMAGE_TOPIC, self._out_pubs["image"]),
+            (params.DETECTIONS_TOPIC, self._out_pubs.get("detections")),
+            (params.SEGMENTATION_TOPIC, self._out_pubs.get("segmentation")),
+            (params.OVERLAY_TOPIC, self._out_pubs.get("overlay"))) if pub is not None)
         self.get_logger().info(f"configured: bundle {pipeline.bundle_file}; {engines}; "
                                f"outputs: {outputs}")
         return SUCCESS

@@ -76,7 +76,7 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
                 assert _wait_for(log, "active:", 120, node), log.read_text()
                 # Let frames flow, then land the first SIGINT at a different point of the
                 # ~0.2 s frame cycle each run.
-                time.sleep(1.0 + 0.037 * run)
+                time.sleep(0.6 + 0.037 * run)
                 node.send_signal(signal.SIGINT)
                 if delay:
                     time.sleep(delay)
