@@ -17,6 +17,9 @@ setup(
         (f"share/{package_name}/models/default", glob("models/default/*")),
     ],
     install_requires=["setuptools"],
+    # `colcon test` runs pytest only for packages that declare it as a test dependency (the
+    # ament_python convention); without it colcon falls back to `python -m unittest`.
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="tdfusion_ros maintainers",
     maintainer_email="maintainers@users.noreply.r-seed-b2a4bc32.example",

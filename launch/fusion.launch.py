@@ -32,7 +32,7 @@ def _node(context, *args, **kwargs):
         parameters=spec.parameters,
         remappings=list(spec.remappings),
         additional_env=spec.env,
-        arguments=["--ros-args", "--log-level", spec.log_level],
+        ros_arguments=["--log-level", spec.log_level],  # launch_ros adds the one --ros-args
         output="screen",
         emulate_tty=True,
     )]

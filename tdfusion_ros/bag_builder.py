@@ -66,6 +66,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from tdfusion_ros import paths
 from tdfusion_ros.image_io import ImagePairError, list_pairs, read_image
 from tdfusion_ros.scenes import (
     DETECTION_CLASSES,
@@ -769,7 +770,7 @@ def _delay(text: str) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; exit status 2 with a message on bad arguments or source data."""
     parser = argparse.ArgumentParser(
-        prog="python -m tdfusion_ros.bag_builder",
+        prog=paths.program_name("tdfusion_ros.bag_builder"),
         description="Write a rosbag2 bag of a thermal and an RGB camera with realistic timing.")
     parser.add_argument("--out", required=True, type=Path, metavar="BAG",
                         help="bag folder to create")

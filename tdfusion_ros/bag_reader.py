@@ -47,7 +47,9 @@ import numpy as np
 import yaml
 
 from tdfusion_ros.ros_image import (
+    DECODE_FAILED,
     ImageConversionError,
+    classify_conversion_error,
     compressed_to_array,
     image_to_array,
     image_to_bgr8,
@@ -160,6 +162,7 @@ class SkippedMessage:
     topic: str
     receive_ns: int
     reason: str
+    cause: str = DECODE_FAILED  # the node's drop-counter name (ros_image), e.g. unknown_encoding
 
 
 @dataclass(frozen=True)
@@ -576,6 +579,7 @@ class BagReader:
         self.damage: BagDamage | None = None
         self.skipped: list[SkippedMessage] = []
         self.skipped_count = 0
+        self.skipped_by_cause: dict[str, dict[str, int]] = {}  # topic -> cause -> count
         self.messages_read = 0
         self._state = _open_bag(self.path)
         self.selected = self._select(topics)
@@ -670,6 +674,7 @@ class BagReader:
         worker with :func:`decode_image`); stamps and frame ids are still read.
         """
         self.damage, self.skipped, self.skipped_count, self.messages_read = None, [], 0, 0
+        self.skipped_by_cause = {}
         last_receive: int | None = None
         source = self._raw()
         index = 0
@@ -686,7 +691,7 @@ class BagReader:
                 stamp_ns, frame_id = _cdr_header(raw)
                 image = decode_image(msgtype, raw, self.modes[topic]) if decode else None
             except ImageConversionError as exc:
-                self._skip(index - 1, topic, receive_ns, str(exc))
+                self._skip(index - 1, topic, receive_ns, str(exc), _skip_cause(msgtype, raw))
                 continue
             last_receive = receive_ns
             self.messages_read += 1
@@ -696,10 +701,12 @@ class BagReader:
     def __iter__(self) -> Iterator[ImageMessage]:
         return self.messages()
 
-    def _skip(self, index: int, topic: str, receive_ns: int, reason: str) -> None:
+    def _skip(self, index: int, topic: str, receive_ns: int, reason: str, cause: str) -> None:
         self.skipped_count += 1
+        causes = self.skipped_by_cause.setdefault(topic, {})
+        causes[cause] = causes.get(cause, 0) + 1
         if len(self.skipped) < MAX_SKIPPED_KEPT:
-            self.skipped.append(SkippedMessage(index, topic, receive_ns, reason))
+            self.skipped.append(SkippedMessage(index, topic, receive_ns, reason, cause))
 
     def _damaged(self, exc: Exception, last_receive: int | None) -> None:
         expected = None
@@ -725,6 +732,20 @@ class BagReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _skip_cause(msgtype: str, raw: bytes | memoryview) -> str:
+    """The node's drop cause for an undecodable message: what the node would have counted had
+    the message reached it over DDS (unknown_encoding, truncated_data, ...). Bytes that are
+    not a message at all are decode_failed."""
+    try:
+        msg = _typestore().deserialize_cdr(raw, msgtype)
+    except Exception:  # noqa: BLE001 - rosbags raises assorted errors on bad bytes
+        return DECODE_FAILED
+    try:
+        return classify_conversion_error(msg)
+    except Exception:  # noqa: BLE001 - fields of the wrong type: not a usable message
+        return DECODE_FAILED
 
 
 def _encoding(msgtype: str, raw: bytes | memoryview) -> str:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from tdfusion_ros import paths
 from tdfusion_ros.checkpoints import CheckpointError, load_network
 from tdfusion_ros.colour import prepare_pair, restore_colour, to_uint8
 from tdfusion_ros.image_io import (
@@ -29,7 +30,8 @@ from tdfusion_ros.image_io import (
     to_unit_float,
 )
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "fusion_default.pt"
+# Installed by setup.py under share/tdfusion_ros/models, not next to this module.
+DEFAULT_CHECKPOINT_NAME = "models/fusion_default.pt"
 
 
 def pick_device(name: str) -> torch.device:
@@ -84,14 +86,16 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tdfusion_ros.fuse", description=__doc__,
+    parser = argparse.ArgumentParser(prog=paths.program_name("tdfusion_ros.fuse"),
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ir", required=True, help="infrared image file or folder")
     parser.add_argument("--vis", required=True, help="visible image file or folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+    parser.add_argument("--checkpoint", default=None,
                         help="F weights: an official TDFusion/ReFusion .pth or ours "
-                             "(default: %(default)s)")
+                             f"(default: the package's {DEFAULT_CHECKPOINT_NAME}, here "
+                             f"{paths.package_file(DEFAULT_CHECKPOINT_NAME)})")
     parser.add_argument("--raw", action="store_true", help="also save the float32 output (.npy)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--half", action="store_true", help="run F in float16")
@@ -105,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         pairs = list_pairs(args.ir, args.vis)
-        fuser = TorchFuser(args.checkpoint, args.device, args.half)
-    except (ImagePairError, CheckpointError) as err:
+        checkpoint = args.checkpoint or paths.require(DEFAULT_CHECKPOINT_NAME)
+        fuser = TorchFuser(checkpoint, args.device, args.half)
+    except (ImagePairError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)

@@ -25,6 +25,7 @@ carries can end the node.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -76,13 +77,18 @@ from tdfusion_ros.pipeline import (
     PipelineInputError,
     overlay,
 )
-from tdfusion_ros.ros_image import (
-    ENCODINGS,
+from tdfusion_ros.ros_image import (  # noqa: F401 - the drop causes are part of our API
+    BAD_STEP,
+    CONVERSION_ERROR,
+    DECODE_FAILED,
+    TRUNCATED_DATA,
+    UNKNOWN_ENCODING,
+    ZERO_SIZE,
     ImageConversionError,
     array_to_image,
+    classify_conversion_error,
     image_to_bgr8,
     image_to_mono,
-    is_compressed,
     set_header,
     stamp_to_ns,
 )
@@ -114,33 +120,11 @@ except ImportError:  # pragma: no cover - very old rclpy
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 
-# Drop causes for messages rejected before pairing.
-UNKNOWN_ENCODING = "unknown_encoding"
-ZERO_SIZE = "zero_size"
-TRUNCATED_DATA = "truncated_data"
-BAD_STEP = "bad_step"
-DECODE_FAILED = "decode_failed"
-CONVERSION_ERROR = "conversion_error"
 PROCESSING_ERROR = "processing_error"
 RATE_WINDOW_S = 2.0
 NO_INPUT = "no_input"
 # Modes worth a log line when entered (waiting_for_* and paused are transient or asked for).
 REPORTED_MODES = (FUSION, RGB_ONLY, THERMAL_ONLY, NO_INPUT)
-
-
-def classify_conversion_error(msg: Any) -> str:
-    """Counter name for a message ``ros_image`` refused, from its fields (not the error text)."""
-    if is_compressed(msg):
-        return DECODE_FAILED if len(msg.data) else TRUNCATED_DATA
-    if msg.encoding not in ENCODINGS:
-        return UNKNOWN_ENCODING
-    if msg.width == 0 or msg.height == 0:
-        return ZERO_SIZE
-    if len(msg.data) != msg.step * msg.height:
-        return TRUNCATED_DATA
-    if msg.step < msg.width:
-        return BAD_STEP
-    return CONVERSION_ERROR
 
 
 @dataclass
@@ -317,7 +301,7 @@ class FusionNode(_BaseNode):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._last_valid = {s: time.monotonic() for s in Stream}
+        self._last_valid = {s: self._clock_s() for s in Stream}
         self._arrivals = {s: 0 for s in Stream}
         self._run_length = {s: 0 for s in Stream}  # valid messages since the other's last
         self._ignored_paused = 0
@@ -358,7 +342,22 @@ class FusionNode(_BaseNode):
             except bad_value as err:
                 raise params.ParameterError(spec.name, f"{err} ({spec.constraints()})") from None
             values[spec.name] = parameter.value
+        self._refuse_unknown_overrides()
         return params.validate(values)
+
+    def _refuse_unknown_overrides(self) -> None:
+        """A name given to this node (params file, ``-p``) that nobody declares is a typo:
+        rclpy would keep it silently (``sync.slopp`` would leave ``sync.slop`` at its
+        default). ROS's own (``use_sim_time``, ``qos_overrides.*``, anything rclpy declared
+        on the node) pass."""
+        # rclpy keeps the overrides that apply to this node (node-name and /** blocks, -p) in
+        # this attribute from Foxy to Kilted; it has no public accessor.
+        overrides = getattr(self, "_parameter_overrides", None) or {}
+        unknown = sorted(name for name in overrides
+                         if name not in params.BY_NAME and not params.is_ros_parameter(name)
+                         and not self.has_parameter(name))
+        if unknown:
+            raise params.unknown_parameter_error(unknown[0], others=unknown[1:])
 
     def _current_values(self) -> dict[str, Any]:
         return params.validate({spec.name: self.get_parameter(spec.name).value
@@ -431,7 +430,8 @@ class FusionNode(_BaseNode):
             values = self._current_values()
             bundle = params.bundle_path(values)
             pipeline = FusionPipeline(bundle, params.pipeline_settings(values),
-                                      log=self.get_logger().info)
+                                      log=lambda text: self.get_logger().info(
+                                          self._with_topic_names(text)))
         except (params.ParameterError, BundleError, PipelineError, EngineError,
                 ValueError) as err:
             self._config_error = str(err)
@@ -459,8 +459,13 @@ class FusionNode(_BaseNode):
         self._worker.start()
         self._state = "inactive"
         engines = "; ".join(pipeline.describe().values())
+        outputs = ", ".join(self._topic_name(pub, name) for name, pub in (
+            (params.IMAGE_TOPIC, self._out_pubs["image"]),
+            (params.DETECTIONS_TOPIC, self._out_pubs.get("detections")),
+            (params.SEGMENTATION_TOPIC, self._out_pubs.get("segmentation")),
+            (params.OVERLAY_TOPIC, self._out_pubs.get("overlay"))) if pub is not None)
         self.get_logger().info(f"configured: bundle {pipeline.bundle_file}; {engines}; "
-                               f"outputs: {', '.join(self._out_pubs)}")
+                               f"outputs: {outputs}")
         return SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -471,20 +476,48 @@ class FusionNode(_BaseNode):
             self.get_logger().error(f"activate failed: {err}")
             self._unsubscribe()
             return FAILURE
-        now = time.monotonic()
+        now = self._clock_s()
         self._last_valid = {s: now for s in Stream}
         self._active = True
         self._state = "active"
         self._mode = "waiting"
         if HAVE_LIFECYCLE:
             super().on_activate(state)  # enables the lifecycle publishers
-        resolve = getattr(self, "resolve_topic_name", lambda name: name)
+        thermal_sub, rgb_sub = (self._camera_subs + [None, None])[:2]
         self.get_logger().info(
-            f"active: {resolve(params.THERMAL_TOPIC)} + {resolve(params.RGB_TOPIC)} -> "
-            f"{resolve(params.IMAGE_TOPIC)} ({self._values['sync.policy']} "
+            f"active: {self._topic_name(thermal_sub, params.THERMAL_TOPIC)} + "
+            f"{self._topic_name(rgb_sub, params.RGB_TOPIC)} -> "
+            f"{self._topic_name(self._out_pubs.get('image'), params.IMAGE_TOPIC)} "
+            f"({self._values['sync.policy']} "
             f"pairing, slop {self._values['sync.slop']} s, thermal offset "
             f"{self._values['sync.thermal_offset']} s)")
         return SUCCESS
+
+    def _resolved(self, name: str) -> str:
+        """``name`` as this node uses it: namespace applied, remaps followed."""
+        resolve = getattr(self, "resolve_topic_name", None)  # rclpy in Humble and later
+        if resolve is not None:
+            try:
+                return resolve(name)
+            except Exception:  # noqa: BLE001 - fall back to the namespace alone
+                pass
+        if name.startswith("/"):
+            return name
+        if name.startswith("~"):
+            return self.get_fully_qualified_name() + name[1:]
+        return f"{self.get_namespace().rstrip('/')}/{name}"
+
+    def _topic_name(self, entity: Any, name: str) -> str:
+        """The resolved topic of a publisher/subscription, else of ``name``."""
+        topic = getattr(entity, "topic_name", None) if entity is not None else None
+        return topic if isinstance(topic, str) and topic else self._resolved(name)
+
+    def _with_topic_names(self, text: str) -> str:
+        """The pipeline names outputs as absolute defaults (``/fused/detections``); say the
+        topic this node really publishes under its namespace and remaps."""
+        for name in (params.SEGMENTATION_TOPIC, params.DETECTIONS_TOPIC, params.IMAGE_TOPIC):
+            text = text.replace(f"/{name} ", f"{self._resolved(name)} ")
+        return text
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._active = False
@@ -614,7 +647,7 @@ class FusionNode(_BaseNode):
             return
         convert_ms = (time.perf_counter() - start) * 1000.0
         frame = Frame(image, stamp_to_ns(msg.header.stamp), msg.header.frame_id, convert_ms)
-        self._last_valid[stream] = time.monotonic()
+        self._last_valid[stream] = self._clock_s()
         self._run_length[stream] += 1
         self._run_length[stream.other] = 0
         if isinstance(source, MessageFiltersSource):
@@ -667,7 +700,7 @@ class FusionNode(_BaseNode):
         if was and not self._processing and self._source is not None:
             self._source.reset("paused")  # stale messages must not pair after resuming
         if self._processing and not was:
-            now = time.monotonic()
+            now = self._clock_s()
             self._last_valid = {s: now for s in Stream}
         response.success = True
         response.message = ("processing" if self._processing else "paused") + (
@@ -676,9 +709,19 @@ class FusionNode(_BaseNode):
         return response
 
     # ------------------------------------------------------------------ worker
+    def _clock_s(self) -> float:
+        """The node's clock in seconds: /clock under use_sim_time (a bag replayed slower or
+        faster than real time, or paused), else the system clock. Camera silence is judged
+        on it, so a replay at half speed is not taken for a silent camera."""
+        return self.get_clock().now().nanoseconds / 1e9
+
     def _silent(self, stream: Stream, now: float) -> float:
-        """Seconds since the stream's last valid message, or 0 while within the timeout."""
-        quiet = now - self._last_valid[stream]
+        """Seconds (node clock) since the stream's last valid message, or 0 while within the
+        timeout. A clock that jumped back (bag loop, /clock restart) restarts the count."""
+        last = self._last_valid[stream]
+        if now < last:
+            self._last_valid[stream] = last = now
+        quiet = now - last
         return quiet if quiet > self._values["fallback.timeout"] else 0.0
 
     def _update_mode(self) -> str:
@@ -693,7 +736,7 @@ class FusionNode(_BaseNode):
         elif not self._processing:
             mode = "paused"
         else:
-            now = time.monotonic()
+            now = self._clock_s()
             thermal_quiet = self._silent(Stream.THERMAL, now)
             rgb_quiet = self._silent(Stream.RGB, now)
             if thermal_quiet and rgb_quiet:
@@ -934,7 +977,7 @@ class FusionNode(_BaseNode):
                            ("detection.iou_threshold", thresholds.iou),
                            ("detection.max_det", thresholds.max_det)]
             for note in pipeline.notes:
-                processing.append(("note", note))
+                processing.append(("note", self._with_topic_names(note)))
         summary = self._latency.summary()
         for stage, values in summary.items():
             processing.append((f"latency.{stage}.p50_ms", f"{values['p50']:.2f}"))
@@ -946,7 +989,7 @@ class FusionNode(_BaseNode):
                                          processing_text, processing))
 
         fallback = mode if mode in (RGB_ONLY, THERMAL_ONLY) else "none"
-        now = time.monotonic()
+        now = self._clock_s()
         state = [("lifecycle_state", self._state), ("enabled", self._processing), ("mode", mode),
                  ("fallback", fallback),
                  ("thermal.silent_s", f"{now - self._last_valid[Stream.THERMAL]:.2f}"),
@@ -985,9 +1028,72 @@ class FusionNode(_BaseNode):
             self._warn("diagnostics", f"diagnostics failed: {err}")
 
 
+class _InterruptFlag:
+    """SIGINT sets a flag instead of raising KeyboardInterrupt.
+
+    A Ctrl-C in a terminal reaches the node twice (the terminal signals the whole process
+    group and ``ros2 launch`` forwards its own), and the second one can land anywhere in the
+    cleanup (joining the worker mid-frame, destroying subscriptions). With a flag there is no
+    exception to escape: the spin loop sees it within one spin timeout and the cleanup runs
+    to the end whatever else arrives.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def install(self) -> bool:
+        try:
+            signal.signal(signal.SIGINT, self)
+        except ValueError:  # not the main thread (an embedding application): leave it
+            return False
+        return True
+
+
+def _init_rclpy(args: list[str], own_sigint: bool) -> None:
+    """rclpy.init without its SIGINT handler when ours is installed (rclpy keeps SIGTERM)."""
+    if own_sigint:
+        try:
+            from rclpy.signals import SignalHandlerOptions
+
+            rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.SIGTERM)
+            return
+        except (ImportError, TypeError):  # before Humble: rclpy's handler chains to ours
+            pass
+    rclpy.init(args=args)
+
+
+def _quietly(step: Any) -> None:
+    """One cleanup step; after a shutdown (SIGTERM) the handles may already be gone."""
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - the process is ending; the rest must still run
+        pass
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script ``fusion_node``: exit 0 on SIGINT, 1 on a failed start, 2 on bad params."""
-    rclpy.init(args=args if args is not None else sys.argv)
+    """Console script ``fusion_node``: exit 0 on SIGINT, 1 on a failed start, 2 on bad params.
+
+    Called from the main thread it owns SIGINT for the rest of the process (see
+    ``_InterruptFlag``); it is meant to end the process.
+    """
+    interrupted = _InterruptFlag()
+    own_sigint = interrupted.install()  # first: a Ctrl-C during start-up is handled too
+    try:
+        return _run(args if args is not None else sys.argv, interrupted, own_sigint)
+    finally:
+        if own_sigint:
+            # While the interpreter finalizes (seconds, with ONNX Runtime sessions to free)
+            # Python puts SIG_DFL back for the signals it handles, so a late SIGINT would
+            # kill the process with -2; an ignored signal stays ignored. A node that must
+            # end still gets SIGTERM, then SIGKILL, from ros2 launch.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(args: list[str], interrupted: _InterruptFlag, own_sigint: bool) -> int:
+    _init_rclpy(args, own_sigint)
     from rclpy.executors import SingleThreadedExecutor
 
     try:
@@ -999,15 +1105,15 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        while rclpy.ok() and node.exit_code is None:
+        while rclpy.ok() and node.exit_code is None and not interrupted.count:
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass  # KeyboardInterrupt: only where our handler could not be installed
     finally:
-        node.close()
-        executor.remove_node(node)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        _quietly(node.close)
+        _quietly(lambda: executor.remove_node(node))
+        _quietly(node.destroy_node)
+        _quietly(rclpy.try_shutdown)
     return node.exit_code or 0
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from tdfusion_ros import paths
 from tdfusion_ros.pairing import PairingConfig, seconds_to_ns
 from tdfusion_ros.pipeline import DEVICES, NODE_BACKENDS, PRECISIONS, PipelineSettings
 from tdfusion_ros.registration import IDENTITY, RegistrationConfig, RegistrationError
@@ -31,7 +32,6 @@ from tdfusion_ros.thermal_gain import GainConfig
 PACKAGE = "tdfusion_ros"
 EXECUTABLE = "fusion_node"
 NODE_NAME = "fusion_node"
-REPO = Path(__file__).resolve().parents[1]
 
 # Topic names as the node uses them (relative: a namespace moves them; remaps rename them).
 THERMAL_TOPIC = "thermal/image_raw"
@@ -192,8 +192,28 @@ PARAMETERS: tuple[Param, ...] = (
 del P
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMETERS}
 DYNAMIC = frozenset(p.name for p in PARAMETERS if p.dynamic)
-# Parameters rclpy itself declares; accepted in config files.
+# Parameters of ROS itself (rclpy declares them, or reads them for its own entities); accepted
+# in config files and on the command line, never refused as unknown.
 ROS_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
+
+
+def is_ros_parameter(name: str) -> bool:
+    """A parameter that belongs to ROS (``use_sim_time``, ``qos_overrides.*``), not to us."""
+    return name in ROS_PARAMETERS or name.startswith(ROS_PARAMETER_PREFIXES)
+
+
+def unknown_parameter_error(name: str, where: str = "",
+                            others: Sequence[str] = ()) -> ParameterError:
+    """The error for a name that is neither ours nor ROS's, with the closest of ours."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(BY_NAME), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    place = f" in {where}" if where else ""
+    more = f"; also unknown: {', '.join(others)}" if others else ""
+    return ParameterError(name, f"unknown parameter{place}{hint}{more} (config/fusion.yaml "
+                                "lists every parameter)")
 
 
 def defaults() -> dict[str, Any]:
@@ -206,7 +226,7 @@ def check_value(name: str, value: Any) -> Any:
     """``value`` converted to the parameter's type, or ParameterError naming it."""
     spec = BY_NAME.get(name)
     if spec is None:
-        raise ParameterError(name, "unknown parameter (see config/fusion.yaml for the list)")
+        raise unknown_parameter_error(name)
     kind = spec.kind
     if kind == "bool":
         if not isinstance(value, bool):
@@ -247,7 +267,7 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     """Every parameter checked alone and against the others; defaults fill the gaps."""
     merged = defaults()
     for name, value in values.items():
-        if name in ROS_PARAMETERS:
+        if is_ros_parameter(name):
             continue
         merged[name] = check_value(name, value)
     for name, builder in (("thermal_gain.*", gain_config), ("sync.*", pairing_config),
@@ -347,24 +367,13 @@ def pipeline_settings(values: Mapping[str, Any]) -> PipelineSettings:
 
 
 def default_bundle_path() -> Path:
-    """models/default of the source tree, else of the installed package's share folder."""
-    return _package_file("models/default")
+    """The package's models/default: source checkout, else the installed share folder."""
+    return paths.package_file("models/default")
 
 
 def default_config_path() -> Path:
-    return _package_file("config/fusion.yaml")
-
-
-def _package_file(relative: str) -> Path:
-    local = REPO / relative
-    if local.exists():
-        return local
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory(PACKAGE)) / relative
-    except Exception:  # noqa: BLE001 - not installed / AMENT_PREFIX_PATH unset: say where
-        return local
+    """The package's config/fusion.yaml: source checkout, else the installed share folder."""
+    return paths.package_file("config/fusion.yaml")
 
 
 def bundle_path(values: Mapping[str, Any]) -> Path:
@@ -410,8 +419,8 @@ def load_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     if not matched:
         raise ParameterError("config", f"{path}: no '/**' or '{node_name}' block")
     for name in values:
-        if name not in BY_NAME and name not in ROS_PARAMETERS:
-            raise ParameterError(name, f"unknown parameter in {path}")
+        if name not in BY_NAME and not is_ros_parameter(name):
+            raise unknown_parameter_error(name, str(path))
     return values
 
 

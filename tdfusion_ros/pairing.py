@@ -290,12 +290,13 @@ class Pairer(Generic[T]):
                 self._drop(queue.popleft(), QUEUE_OVERFLOW, drops)
             return PushResult(True, admitted, tuple(drops), did_reset)
 
-    def record_drop(self, stream: Stream | str, reason: str) -> None:
-        """Count a message the caller rejected before ``push`` (bad encoding, wrong size...)."""
+    def record_drop(self, stream: Stream | str, reason: str, count: int = 1) -> None:
+        """Count ``count`` messages the caller rejected before ``push`` (bad encoding, wrong
+        size...)."""
         with self._lock:
             stats = self._streams[Stream(stream)]
-            stats.received += 1
-            stats.drop(reason)
+            stats.received += count
+            stats.drop(reason, count)
 
     def record_pair_drop(self, reason: str) -> None:
         """Count a taken pair the caller could not process (e.g. a conversion error)."""

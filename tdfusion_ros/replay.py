@@ -86,7 +86,7 @@ import cv2
 import numpy as np
 import yaml
 
-from tdfusion_ros import node_params
+from tdfusion_ros import node_params, paths
 from tdfusion_ros.bag_reader import (
     COMPRESSED_TYPE,
     BagDamageWarning,
@@ -1457,9 +1457,20 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
     if damage:
         setup.warnings.append(damage)
         log(f"warning: {damage}; the outputs hold everything before the damage")
+    skipped_by_stream: dict[str, dict[str, int]] = {}
+    for topic, causes in reader.skipped_by_cause.items():
+        # Counted as the node counts them: dropped on arrival, by stream and cause.
+        stream = Stream.THERMAL if topic == setup.thermal_topic else Stream.RGB
+        for cause, count in sorted(causes.items()):
+            run.pairer.record_drop(stream, cause, count)
+            per = skipped_by_stream.setdefault(stream.value, {})
+            per[cause] = per.get(cause, 0) + count
     if reader.skipped_count:
+        causes_text = "; ".join(
+            f"{stream} {', '.join(f'{c} {n}' for c, n in causes.items())}"
+            for stream, causes in sorted(skipped_by_stream.items()))
         text = (f"{reader.skipped_count} message(s) could not be decoded and were skipped "
-                f"(first: {reader.skipped[0].reason})")
+                f"({causes_text}; first: {reader.skipped[0].reason})")
         setup.warnings.append(text)
         log(f"warning: {text}")
     if run.processed == 0:
@@ -1507,6 +1518,7 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
             "rgb_type": by_name[setup.rgb_topic].msgtype,
             "messages_read": reader.messages_read, "damage": damage,
             "skipped_messages": reader.skipped_count,
+            "skipped_by_cause": skipped_by_stream,
             "recovery_note": reader.recovery_note,
         },
         "config": {
@@ -2043,7 +2055,7 @@ def _compare_boxes(a: list[tuple], b: list[tuple], iou_min: float) -> str | None
 # =========================================================================== command line
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="replay_eval",
+        prog=paths.program_name("tdfusion_ros.replay"),
         description="Replay a rosbag through the fusion pipeline (offline, and live into the "
                     "node with --live) and write fused video, detections, masks, a bag of "
                     "the node's outputs and an HTML report.",

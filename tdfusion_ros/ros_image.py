@@ -64,6 +64,33 @@ _GREY = ("mono8", "8UC1", "mono16", "16UC1")
 
 
 # --------------------------------------------------------------------------- stamps
+# Why a camera message was dropped before pairing: the counter names of the node's
+# /diagnostics (drops.<stream>.<cause>) and of replay_eval's summary, shared so both count
+# the same message under the same name.
+UNKNOWN_ENCODING = "unknown_encoding"
+ZERO_SIZE = "zero_size"
+TRUNCATED_DATA = "truncated_data"
+BAD_STEP = "bad_step"
+DECODE_FAILED = "decode_failed"
+CONVERSION_ERROR = "conversion_error"
+
+
+def classify_conversion_error(msg: Any) -> str:
+    """Drop cause of a message the readers here refused, from its fields (not the error
+    text). Works on rclpy and rosbags messages alike."""
+    if is_compressed(msg):
+        return DECODE_FAILED if len(msg.data) else TRUNCATED_DATA
+    if msg.encoding not in ENCODINGS:
+        return UNKNOWN_ENCODING
+    if msg.width == 0 or msg.height == 0:
+        return ZERO_SIZE
+    if len(msg.data) != msg.step * msg.height:
+        return TRUNCATED_DATA
+    if msg.step < msg.width:
+        return BAD_STEP
+    return CONVERSION_ERROR
+
+
 def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time (rclpy or rosbags) -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

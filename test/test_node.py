@@ -452,9 +452,20 @@ def test_message_filters_wiring_with_a_stand_in(tiny_bundle: Path) -> None:
 
 def test_launch_spec_is_what_the_launch_file_uses() -> None:
     """The launch file builds its node from node_params (shared, not copied)."""
+    import ast
+
     text = (REPO / "launch" / "fusion.launch.py").read_text()
-    compile(text, "fusion.launch.py", "exec")  # launch/launch_ros are not importable here
+    tree = ast.parse(text, "fusion.launch.py")  # launch/launch_ros are not importable here
     assert "node_params.launch_spec(" in text and "node_params.launch_arguments()" in text
+    # ROS arguments go in ros_arguments: launch_ros writes the one --ros-args itself, so a
+    # "--ros-args" in `arguments` would put a second one on the command line.
+    nodes = [c for c in ast.walk(tree) if isinstance(c, ast.Call)
+             and getattr(c.func, "id", getattr(c.func, "attr", "")) == "Node"]
+    assert len(nodes) == 1
+    keywords = {k.arg: k.value for k in nodes[0].keywords}
+    assert "ros_arguments" in keywords
+    assert not any(isinstance(c, ast.Constant) and c.value == "--ros-args"
+                   for c in ast.walk(nodes[0]))
     spec = node_params.launch_spec({"namespace": "robot", "rgb_topic": "/cam/rgb/compressed"})
     args = spec.ros_arguments()
     assert args[args.index("--params-file") + 1] == str(node_params.default_config_path())

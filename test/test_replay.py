@@ -556,6 +556,61 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(det_bag: Path, tiny_bundl
     assert "bundle.yaml" in fails(det_bag, "--bundle", tmp_path / "no_bundle")
 
 
+def test_every_dropped_message_is_counted_by_stream_and_cause(det_bag: Path, tiny_bundle: Path,
+                                                             tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    """A thermal frame of an unknown encoding, an RGB frame whose step does not match its
+    data, and a thermal stamp going backwards: each counted under the node's cause name."""
+    import dataclasses
+
+    store = replay.fused_typestore()
+    with replay.BagReader(det_bag, None) as reader:
+        raw = [(m.topic, m.receive_ns, bytes(m.raw)) for m in reader.messages(decode=False)]
+    thermal = [i for i, (topic, _, _) in enumerate(raw) if topic == "/thermal/image_raw"]
+    rgb = [i for i, (topic, _, _) in enumerate(raw) if topic == "/rgb/image_raw"]
+    image = "sensor_msgs/msg/Image"
+
+    def edit(index: int, **fields: object) -> tuple[str, int, bytes]:
+        topic, ts, data = raw[index]
+        msg = store.deserialize_cdr(data, image)
+        return topic, ts, bytes(store.serialize_cdr(dataclasses.replace(msg, **fields), image))
+
+    messages = list(raw)
+    messages[thermal[1]] = edit(thermal[1], encoding="bogus16")
+    step = store.deserialize_cdr(raw[rgb[4]][2], image).step
+    messages[rgb[4]] = edit(rgb[4], step=step + 3)  # corrupt step: data != step * height
+    late = store.deserialize_cdr(raw[thermal[2]][2], image)
+    earlier = store.deserialize_cdr(raw[thermal[1]][2], image).header.stamp
+    topic, ts, _ = raw[thermal[2]]
+    backwards = (topic, ts + 1, bytes(store.serialize_cdr(dataclasses.replace(
+        late, header=dataclasses.replace(late.header, stamp=earlier)), image)))
+    messages.insert(thermal[2] + 1, backwards)
+    bag = _write_bag(tmp_path / "faults", {"/thermal/image_raw": image, "/rgb/image_raw": image},
+                     messages)
+    out = tmp_path / "o"
+    code, _, err = run_cli([bag, "--bundle", tiny_bundle, "--set", "sync.thermal_offset=-0.015",
+                            "--metrics-frames", "0", "--out", out], capsys)
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["bag"]["skipped_messages"] == 2
+    assert s["bag"]["skipped_by_cause"] == {"thermal": {"unknown_encoding": 1},
+                                            "rgb": {"truncated_data": 1}}
+    streams = s["pairing"]["streams"]
+    assert streams["thermal"]["dropped"].get("unknown_encoding") == 1, streams
+    assert streams["thermal"]["dropped"].get("stamp_went_backwards") == 1, streams
+    assert streams["rgb"]["dropped"].get("truncated_data") == 1, streams
+    for stream in ("thermal", "rgb"):  # every message of the bag is accounted as received
+        assert streams[stream]["received"] == sum(
+            1 for m in messages if m[0] == f"/{stream}/image_raw"), streams
+    warning = next(w for w in s["warnings"] if "could not be decoded" in w)
+    assert "unknown_encoding" in warning and "truncated_data" in warning
+    for name in ("summary.md", "report.html"):
+        text = (out / name).read_text()
+        for cause in ("unknown_encoding", "truncated_data", "stamp_went_backwards"):
+            assert cause in text, f"{cause} missing from {name}"
+
+
 # ============================================================================ demo
 def test_demo_script_runs_at_reduced_size(tmp_path: Path, tiny_bundle: Path) -> None:
     """The README's main job, as CI runs it: reduced size, the tiny bundle, live included."""
