@@ -20,12 +20,16 @@ demo's generated bag also yields detections and masks.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from training.datasets import (
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.datasets import (  # noqa: E402
     DatasetError,
     FileDataset,
     GeneratedScenes,
@@ -201,3 +205,43 @@ def labelled_pairs(roots: Sequence[str | Path] | None = None, task: Task = "dete
                                     width=scenes_size[1], task_size=task_size)
         dataset = ConcatPairs([dataset, MappedScenes(generated, classes)])
     return dataset
+
+
+def link_split(out: str | Path, roots: Sequence[str | Path] | None, val_names: Sequence[str],
+               split: str = "val") -> Path:
+    """A folder in the shared layout (ir, vi, labels, seg + class lists) holding symbolic links
+    to the pairs of ``split``: what ``bag_builder --pairs OUT --labels`` takes, so the default
+    model can be scored by ``replay_eval`` on the pairs it was validated on."""
+    out = Path(out)
+    det = labelled_pairs(roots, "detection", split=split, val_names=val_names)
+    seg = {f.name: f.label for f in labelled_pairs(roots, "segmentation", split=split,
+                                                   val_names=val_names).files}
+    for sub in ("ir", "vi", "labels", "seg"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for f in det.files:
+        pairs = [(f.ir, out / "ir" / f.ir.name), (f.vis, out / "vi" / f.vis.name),
+                 (f.label, out / "labels" / f.label.name)]
+        if f.name in seg:
+            pairs.append((seg[f.name], out / "seg" / seg[f.name].name))
+        for src, dst in pairs:
+            dst.unlink(missing_ok=True)
+            dst.symlink_to(Path(src).resolve())
+    root = Path(det.files[0].ir).parents[1]
+    for name in ("classes.txt", "seg_classes.txt"):
+        (out / name).write_text((root / name).read_text())
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from training.config import load_config
+
+    parser = argparse.ArgumentParser(description="Link a split of the default model's labelled "
+                                     "pairs into one folder (for bag_builder --pairs).")
+    parser.add_argument("--config", default="config/train_default.yaml")
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    options = load_config(args.config).data.options
+    print(link_split(args.out, options.get("roots"), options["val_names"], args.split))
