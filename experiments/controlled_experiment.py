@@ -85,6 +85,8 @@ def run_config(args: argparse.Namespace, seed: int, method: str) -> TrainConfig:
         crop_size=min(args.crop, args.height, args.width), lr=args.lr,
         loss_net_lr=args.g_lr, checkpoint_every=10**6, log_every=10**6, image_every=10**6,
         ablation=METHODS[method],
+        # the settings this experiment was run with, before the official-code defaults
+        meta_steps_per_epoch=None, swap_augment=False, outer_step="adam", lr_step_epochs=0,
     )
 
 
