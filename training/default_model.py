@@ -60,7 +60,7 @@ class Recipe:
         "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320]})
     segmenter: dict[str, Any] = field(default_factory=lambda: {
         "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
-    final_detector_epochs: int = 12   # the shipped detector: arm (d)'s, trained on
+    final_detector_epochs: int = 0    # the shipped detector: arm (d)'s, trained on (0: as is)
     final_segmenter_epochs: int = 0   # the shipped segmenter: likewise (0: arm (d)'s as is)
     threads: int = 2
 
@@ -111,18 +111,18 @@ class Stages:
                 self._add(f"segmenter_{arm}_s{seed}",
                           lambda a=arm, s=seed: self._segmenter(a, s),
                           root / f"segmenter_{arm}_s{seed}" / "metrics.json")
-        self._add("detector_final", self._detector_final, root / "detector_final" / "metrics.json")
-        self._add("segmenter_final", self._segmenter_final, self._final_segmenter_dir
-                  / "metrics.json")
+        self._add("detector_final", self._detector_final,
+                  self._final_dir("detector") / "metrics.json")
+        self._add("segmenter_final", self._segmenter_final,
+                  self._final_dir("segmenter") / "metrics.json")
         self._add("evaluate", self._evaluate, REPO / recipe.results_dir / "results.json")
         self._add("export", self._export, REPO / recipe.bundle / "bundle.yaml")
 
-    @property
-    def _final_segmenter_dir(self) -> Path:
-        """0 extra epochs ships arm (d)'s segmenter as it is."""
-        if self.r.final_segmenter_epochs == 0:
-            return self.r.root / "segmenter_tdfusion_s0"
-        return self.r.root / "segmenter_final"
+    def _final_dir(self, kind: str) -> Path:
+        """Where the shipped detector/segmenter is: 0 extra epochs ships arm (d)'s as it is."""
+        if getattr(self.r, f"final_{kind}_epochs") == 0:
+            return self.r.root / f"{kind}_tdfusion_s0"
+        return self.r.root / f"{kind}_final"
 
     def _add(self, name: str, run: Callable[[], None], output: Path) -> None:
         self.order.append((name, run, output))
@@ -197,7 +197,9 @@ class Stages:
         from training.train_detector import evaluate_detector, train_detector
 
         data = FusedDataset(self.r.root / "fused" / "tdfusion")
-        out = self.r.root / "detector_final"
+        out = self._final_dir("detector")
+        if self.r.final_detector_epochs == 0:
+            return  # arm (d)'s detector_tdfusion_s0 stage made it
         d = self.r.detector
         init = self.r.root / "detector_tdfusion_s0" / "yolo" / "weights" / "last.pt"
         task_pt = train_detector(data, out, epochs=self.r.final_detector_epochs,
@@ -213,7 +215,7 @@ class Stages:
         from training.train_segmenter import evaluate_segmenter, train_segmenter
 
         data = FusedDataset(self.r.root / "fused" / "tdfusion")
-        out = self._final_segmenter_dir
+        out = self._final_dir("segmenter")
         if self.r.final_segmenter_epochs == 0:
             return  # arm (d)'s segmenter_tdfusion_s0 stage made it
         s = self.r.segmenter
@@ -233,12 +235,12 @@ class Stages:
     def _export(self) -> None:
         """The bundle; the detector's score threshold is where its F1 peaks on validation."""
         root = self.r.root
-        metrics = json.loads((root / "detector_final" / "metrics.json").read_text())
+        metrics = json.loads((self._final_dir("detector") / "metrics.json").read_text())
         command = [sys.executable, str(REPO / "training" / "export.py"),
                    "--conf-threshold", str(metrics["best_f1_conf"]),
                    "--fusion", str(root / "tdfusion" / "fusion.pt"),
-                   "--task", str(root / "detector_final" / "task.pt"),
-                   "--task", str(self._final_segmenter_dir / "task.pt"),
+                   "--task", str(self._final_dir("detector") / "task.pt"),
+                   "--task", str(self._final_dir("segmenter") / "task.pt"),
                    "--out", str(REPO / self.r.bundle)]
         _log("export: " + " ".join(command))
         subprocess.run(command, check=True)
