@@ -62,7 +62,8 @@ SIGINT_DELAYS = [0.0, 0.001, 0.005, 0.02, 0.05, 0.1, 0.15, 0.25, 0.4, 0.8] * 2
 
 def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> None:
     domain = domain_id()
-    feeder = _start_feeder(domain, tmp_path / "feeder.log")
+    feeder_log = tmp_path / "feeder.log"
+    feeder = _start_feeder(domain, feeder_log)
     spec = node_params.launch_spec({"backend": "onnxruntime"})  # default bundle: F only
     failures = []
     try:
@@ -74,9 +75,18 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
                 stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
             try:
                 assert _wait_for(log, "active:", 120, node), log.read_text()
-                # Let frames flow, then land the first SIGINT at a different point of the
-                # ~0.2 s frame cycle each run.
-                time.sleep(0.6 + 0.037 * run)
+                # Wait until this node has published a fused frame (the worker is then busy
+                # with the next one: F takes ~0.2 s a frame here), then land the first
+                # SIGINT at a different point of the frame cycle each run.
+                before = feeder_log.read_text().count("fused ")
+                deadline = time.monotonic() + 120
+                while (feeder_log.read_text().count("fused ") <= before
+                       and time.monotonic() < deadline and node.poll() is None):
+                    time.sleep(0.02)
+                if feeder_log.read_text().count("fused ") <= before:
+                    failures.append(f"run {run}: no fused frame within 120 s\n"
+                                    f"{log.read_text()[-2000:]}")
+                time.sleep(0.037 * (run % 6))
                 node.send_signal(signal.SIGINT)
                 if delay:
                     time.sleep(delay)
@@ -93,8 +103,8 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
     finally:
         feeder.kill()
         feeder.wait()
-    feed = (tmp_path / "feeder.log").read_text()
-    assert "published" in feed and "fused" in feed, feed  # the node was fusing frames
+    feed = feeder_log.read_text()
+    assert "published" in feed and "fused" in feed, feed[-2000:]  # the node was fusing frames
     assert not failures, f"{len(failures)} of {len(SIGINT_DELAYS)} runs failed:\n" + \
         "\n".join(failures)
 
@@ -300,8 +310,7 @@ def feeder_main(argv: list[str]) -> int:
 
     def on_fused(msg: Image) -> None:
         fused[0] += 1
-        if fused[0] % 10 == 1:
-            print(f"fused {fused[0]}", flush=True)
+        print(f"fused {fused[0]}", flush=True)
 
     node.create_subscription(Image, "/fused/image", on_fused, 5)
     rng = np.random.default_rng(0)
