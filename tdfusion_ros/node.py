@@ -717,9 +717,11 @@ class FusionNode(_BaseNode):
 
     def _silent(self, stream: Stream, now: float) -> float:
         """Seconds (node clock) since the stream's last valid message, or 0 while within the
-        timeout. A clock that jumped back (bag loop, /clock restart) restarts the count."""
+        timeout. A clock that jumped back (bag loop, /clock restart) restarts the count, and so
+        does the first /clock under use_sim_time (before it the node's time is 0, and a camera
+        not yet heard from would otherwise count as silent since 1970)."""
         last = self._last_valid[stream]
-        if now < last:
+        if now < last or last <= 0.0:
             self._last_valid[stream] = last = now
         quiet = now - last
         return quiet if quiet > self._values["fallback.timeout"] else 0.0
