@@ -18,8 +18,8 @@ processes with disjoint stage lists:
    ``segmenter_<arm>`` SegFormer-B0, each with the same initialisation, data order and budget.
 4. ``evaluate``: mAP50 / mAP50-95 and IoU per class on the validation split, for every arm and
    seed: ``results.json`` and ``results.md`` in ``results_dir``.
-5. ``detector_final``, ``segmenter_final``: the shipped task networks, arm (d)'s trained on for
-   more epochs on the same data (the comparison arms all stop at the same, smaller budget).
+5. ``detector_final``, ``segmenter_final``: the shipped task networks: arm (d)'s as they are
+   (``final_*_epochs: 0``, the default), or trained on for that many more epochs.
 6. ``export``: TDFusion's F with those two into the bundle (``models/default``).
 """
 
@@ -121,7 +121,7 @@ class Stages:
     def _final_dir(self, kind: str) -> Path:
         """Where the shipped detector/segmenter is: 0 extra epochs ships arm (d)'s as it is."""
         if getattr(self.r, f"final_{kind}_epochs") == 0:
-            return self.r.root / f"{kind}_tdfusion_s0"
+            return self.r.root / f"{kind}_tdfusion_s{self.r.seeds[0]}"
         return self.r.root / f"{kind}_final"
 
     def _add(self, name: str, run: Callable[[], None], output: Path) -> None:
@@ -149,7 +149,7 @@ class Stages:
         if last.is_file():
             _log(f"Algorithm 1 ({arm}): resuming from {last}")
             state = train.load_checkpoint(last)
-            config = train.TrainConfig(**state["config"])
+            config = train.config_from_checkpoint(state["config"])
         else:
             state = None
             overrides = [f"out_dir={out_dir}", f"ablation={ablation}"]
@@ -192,7 +192,7 @@ class Stages:
         _log(f"segmenter {arm} seed {seed}: mIoU {metrics['mIoU']:.3f}")
 
     def _detector_final(self) -> None:
-        """The shipped detector: arm (d)'s, trained on for more epochs on the same data."""
+        """The shipped detector: arm (d)'s, trained on for ``final_detector_epochs`` more."""
         from training.fused_dataset import FusedDataset
         from training.train_detector import evaluate_detector, train_detector
 
@@ -201,7 +201,8 @@ class Stages:
         if self.r.final_detector_epochs == 0:
             return  # arm (d)'s detector_tdfusion_s0 stage made it
         d = self.r.detector
-        init = self.r.root / "detector_tdfusion_s0" / "yolo" / "weights" / "last.pt"
+        init = (self.r.root / f"detector_tdfusion_s{self.r.seeds[0]}" / "yolo" / "weights"
+                / "last.pt")
         task_pt = train_detector(data, out, epochs=self.r.final_detector_epochs,
                                  imgsz=d["imgsz"], batch=d["batch"], seed=0,
                                  threads=self.r.threads, input_size=tuple(d["input_size"]),
@@ -222,7 +223,8 @@ class Stages:
         task_pt = train_segmenter(data, out, epochs=self.r.final_segmenter_epochs,
                                   batch=s["batch"], lr=s["lr"] / 2, seed=0,
                                   threads=self.r.threads, input_size=tuple(s["input_size"]),
-                                  init=self.r.root / "segmenter_tdfusion_s0" / "task.pt", log=_log)
+                                  init=self.r.root / f"segmenter_tdfusion_s{self.r.seeds[0]}"
+                                  / "task.pt", log=_log)
         metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"final segmenter: mIoU {metrics['mIoU']:.3f}")
@@ -270,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, run, output in stages.order:
         if name not in chosen:
             continue
-        if output.is_file() and name not in ("evaluate", "export"):
+        # fused_* stages always run: write_fused_dataset itself skips when the same F (by
+        # sha256) and data were fused already, and redoes it after F was retrained
+        if output.is_file() and name not in ("evaluate", "export") \
+                and not name.startswith("fused_"):
             _log(f"{name}: done ({output})")
             continue
         _log(f"{name}: start")

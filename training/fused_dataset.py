@@ -64,20 +64,25 @@ class FusedDataset:
         return out
 
 
-def _fuser(source: str, threads: int):
+def _source_info(source: str) -> dict[str, str]:
+    if source in SOURCES:
+        return {"source": source}
+    return {"source": str(source), "sha256": sha256_of(source)}
+
+
+def _fuser(source: str, threads: int, work: Path):
     """A function (ir_y, vis_y) -> fused Y for an arm: a modality alone, or F through ORT."""
     if source == "ir":
-        return (lambda ir, vis: ir), {"source": "ir"}
+        return lambda ir, vis: ir
     if source == "vis":
-        return (lambda ir, vis: vis), {"source": "vis"}
+        return lambda ir, vis: vis
     import onnxruntime as ort
 
     from tdfusion_ros.checkpoints import load_network
     from training.export import export_fusion
 
-    net = load_network(source)
-    onnx_path = Path(tempfile.mkdtemp(prefix="tdfusion-fuse-")) / "fusion.onnx"
-    export_fusion(net, onnx_path)
+    onnx_path = work / "fusion.onnx"
+    export_fusion(load_network(source), onnx_path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -86,7 +91,7 @@ def _fuser(source: str, threads: int):
         feed = {"ir": ir[None, None].astype(np.float32), "vis": vis[None, None].astype(np.float32)}
         return session.run(None, feed)[0][0, 0]
 
-    return fuse, {"source": str(source), "sha256": sha256_of(source)}
+    return fuse
 
 
 def _to_u8(plane: np.ndarray) -> np.ndarray:
@@ -103,8 +108,8 @@ def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | 
     be re-run); written to a temporary folder and renamed, so a killed run leaves no half set.
     """
     out = Path(out)
-    fuse, source_info = _fuser(source, threads)
-    request = {**source_info, "roots": list(roots or []), "val_names": sorted(val_names or []),
+    request = {**_source_info(source), "roots": list(roots or []),
+               "val_names": sorted(val_names or []),
                "scenes_count": scenes_count, "scenes_size": list(scenes_size),
                "scenes_seed": scenes_seed}
     if (out / "fused.json").is_file():
@@ -117,6 +122,8 @@ def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | 
         import shutil
 
         shutil.rmtree(tmp)
+    work = tempfile.TemporaryDirectory(prefix="tdfusion-fuse-")
+    fuse = _fuser(source, threads, Path(work.name))
     common = dict(roots=roots, val_names=val_names, scenes_count=scenes_count,
                   scenes_size=tuple(scenes_size), scenes_seed=scenes_seed)
     started = time.time()
@@ -153,6 +160,7 @@ def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | 
         {"request": request, "counts": counts, "detection_classes": classes["detection"],
          "segmentation_classes": classes["segmentation"],
          "seconds": round(time.time() - started, 1)}, indent=1))
+    work.cleanup()
     if out.exists():
         import shutil
 
