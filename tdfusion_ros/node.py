@@ -25,6 +25,7 @@ carries can end the node.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -1112,11 +1113,35 @@ def _run(args: list[str], interrupted: _InterruptFlag, own_sigint: bool) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # KeyboardInterrupt: only where our handler could not be installed
     finally:
+        if interrupted.count:
+            _exit_if_cleanup_hangs(node)
         _quietly(node.close)
         _quietly(lambda: executor.remove_node(node))
         _quietly(node.destroy_node)
         _quietly(rclpy.try_shutdown)
     return node.exit_code or 0
+
+
+#: Seconds the cleanup after Ctrl-C may take before the process ends without it.
+CLEANUP_DEADLINE_S = 10.0
+
+
+def _exit_if_cleanup_hangs(node: FusionNode) -> None:
+    """A watchdog for the SIGINT path: a robot's operator who pressed Ctrl-C expects the node
+    to end. If releasing the worker, the engines or the DDS entities blocks (seen rarely, when
+    the signal lands while the first frame's sessions are being built), the process ends with
+    the node's exit code after ``CLEANUP_DEADLINE_S`` instead of waiting for SIGKILL."""
+    def give_up() -> None:
+        try:
+            sys.stderr.write(f"[fusion_node] cleanup took over {CLEANUP_DEADLINE_S:.0f} s after "
+                             "Ctrl-C; exiting without it\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(node.exit_code or 0)
+
+    timer = threading.Timer(CLEANUP_DEADLINE_S, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":
