@@ -56,9 +56,9 @@ from tdfusion_ros.pipeline import FusionPipeline, _luma_split  # noqa: E402
 from tdfusion_ros.ros_image import (  # noqa: E402
     array_to_compressed,
     array_to_image,
+    detections_to_msg,
     image_to_bgr8,
     image_to_mono,
-    set_header,
 )
 
 DATA = Path(os.environ.get("TDFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -102,29 +102,6 @@ def export_naive(checkpoint: Path, out: Path) -> Path:
     if done.returncode != 0:
         raise SystemExit(f"error: naive export of {checkpoint} failed:\n{done.stderr[-2000:]}")
     return out / "fusion.onnx"
-
-
-def detections_message(detections: Any, names: list[str], stamp_ns: int, frame_id: str) -> Any:
-    """vision_msgs/Detection2DArray with the fields the node fills (FusionNode._detections_msg)."""
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
-
-    array = Detection2DArray()
-    set_header(array, stamp_ns, frame_id)
-    for (x1, y1, x2, y2), score, cls in zip(detections.xyxy.tolist(),
-                                             detections.scores.tolist(),
-                                             detections.class_ids.tolist()):
-        det = Detection2D()
-        det.header = array.header
-        hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = names[cls] if cls < len(names) else str(cls)
-        hypothesis.hypothesis.score = float(score)
-        det.results.append(hypothesis)
-        det.bbox.center.position.x = (x1 + x2) / 2.0
-        det.bbox.center.position.y = (y1 + y2) / 2.0
-        det.bbox.size_x = x2 - x1
-        det.bbox.size_y = y2 - y1
-        array.detections.append(det)
-    return array
 
 
 class Frames:
@@ -213,7 +190,7 @@ class Frames:
         def messages() -> None:
             serialize_message(array_to_image(image, self.encoding, 1, "rgb"))
             if detections is not None:
-                serialize_message(detections_message(detections, pipeline.class_names, 1,
+                serialize_message(detections_to_msg(detections, pipeline.class_names, 1,
                                                      "rgb"))
             if class_map is not None:
                 serialize_message(array_to_image(class_map, "mono8", 1, "rgb"))

@@ -88,6 +88,7 @@ from tdfusion_ros.ros_image import (  # noqa: F401 - the drop causes are part of
     ImageConversionError,
     array_to_image,
     classify_conversion_error,
+    detections_to_msg,
     image_to_bgr8,
     image_to_mono,
     set_header,
@@ -881,27 +882,8 @@ class FusionNode(_BaseNode):
                                            frame_id))
 
     def _detections_msg(self, result: FrameResult, stamp_ns: int, frame_id: str) -> Any:
-        from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
-
         names = self._pipeline.class_names if self._pipeline is not None else []
-        array = Detection2DArray()
-        set_header(array, stamp_ns, frame_id)
-        dets = result.detections
-        for (x1, y1, x2, y2), score, cls in zip(dets.xyxy.tolist(), dets.scores.tolist(),
-                                                 dets.class_ids.tolist()):
-            det = Detection2D()
-            det.header = array.header
-            hypothesis = ObjectHypothesisWithPose()
-            hypothesis.hypothesis.class_id = names[cls] if cls < len(names) else str(cls)
-            hypothesis.hypothesis.score = float(score)
-            det.results.append(hypothesis)
-            det.bbox.center.position.x = (x1 + x2) / 2.0
-            det.bbox.center.position.y = (y1 + y2) / 2.0
-            det.bbox.center.theta = 0.0
-            det.bbox.size_x = x2 - x1
-            det.bbox.size_y = y2 - y1
-            array.detections.append(det)
-        return array
+        return detections_to_msg(result.detections, names, stamp_ns, frame_id)
 
     # ------------------------------------------------------------------ logging
     def _warn(self, key: str, text: str) -> None:

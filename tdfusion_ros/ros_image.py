@@ -322,3 +322,28 @@ def array_to_compressed(
     msg.format = f"{encoding}; {fmt} compressed {encoding}"
     msg.data = _byte_array(encoded)
     return msg
+
+
+def detections_to_msg(detections: Any, names: list[str], stamp_ns: int, frame_id: str) -> Any:
+    """vision_msgs/Detection2DArray of ``postprocess.Detections``: bbox centre/size in pixels,
+    ``results[0].hypothesis`` = class name (or the id when unnamed) and score."""
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+    array = Detection2DArray()
+    set_header(array, stamp_ns, frame_id)
+    for (x1, y1, x2, y2), score, cls in zip(detections.xyxy.tolist(),
+                                             detections.scores.tolist(),
+                                             detections.class_ids.tolist()):
+        det = Detection2D()
+        det.header = array.header
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = names[cls] if cls < len(names) else str(cls)
+        hypothesis.hypothesis.score = float(score)
+        det.results.append(hypothesis)
+        det.bbox.center.position.x = (x1 + x2) / 2.0
+        det.bbox.center.position.y = (y1 + y2) / 2.0
+        det.bbox.center.theta = 0.0
+        det.bbox.size_x = x2 - x1
+        det.bbox.size_y = y2 - y1
+        array.detections.append(det)
+    return array

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from tdfusion_ros.bundle import sha256_of
+from tdfusion_ros.colour import to_uint8
 from tdfusion_ros.scenes import yolo_lines
 from training.labelled_pairs import labelled_pairs
 
@@ -94,10 +95,6 @@ def _fuser(source: str, threads: int, work: Path):
     return fuse
 
 
-def _to_u8(plane: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(plane * 255.0), 0, 255).astype(np.uint8)
-
-
 def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | None = None,
                         val_names: Sequence[str] | None = None, scenes_count: int = 0,
                         scenes_size: tuple[int, int] = (480, 640), scenes_seed: int = 1000,
@@ -141,7 +138,8 @@ def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | 
             sample = det[i]
             fused = fuse(sample.ir_y, sample.vis_y)
             h, w = fused.shape
-            cv2.imwrite(str(tmp / "images" / split / f"{sample.name}.png"), _to_u8(fused))
+            cv2.imwrite(str(tmp / "images" / split / f"{sample.name}.png"),
+                        to_uint8(np.asarray(fused, np.float32)))
             lines = yolo_lines(sample.target, h, w)
             (tmp / "labels" / split / f"{sample.name}.txt").write_text(
                 "".join(line + "\n" for line in lines))
