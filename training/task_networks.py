@@ -45,6 +45,8 @@ from torch.func import functional_call
 
 __all__ = [
     "DetectionTask",
+    "load_task_checkpoint",
+    "save_task_checkpoint",
     "Params",
     "SegmentationTask",
     "TaskNetwork",
@@ -322,3 +324,21 @@ class DetectionTask(TaskNetwork):
             xyxy[:, 1::2] = xyxy[:, 1::2].clamp(max=fh)
             out.append(torch.cat((det[:, 5:6], xyxy, det[:, 4:5]), dim=1))
         return out
+
+
+def save_task_checkpoint(path: str | Path, task: str, classes: Sequence[str],
+                         input_size: Sequence[int], state_dict: dict[str, Tensor],
+                         meta: dict[str, Any]) -> Path:
+    """Write a ``task.pt``: the task, classes, input size and weights of a task network (read
+    back with ``load_task_checkpoint``; ``training/export.py --task`` exports it)."""
+    torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": task,
+                "classes": list(classes), "num_classes": len(classes),
+                "input_size": list(input_size), "state_dict": state_dict, "meta": meta}, path)
+    return Path(path)
+
+
+def load_task_checkpoint(path: str | Path) -> dict[str, Any]:
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(record, dict) or record.get("network") != "task":
+        raise ValueError(f"{path}: not a task checkpoint (task.pt)")
+    return record

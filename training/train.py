@@ -44,7 +44,13 @@ from training.meta_learning import (  # noqa: E402
     outer_update,
     swap_doubled,
 )
-from training.task_networks import DetectionTask, SegmentationTask, TaskNetwork  # noqa: E402
+from training.task_networks import (  # noqa: E402
+    DetectionTask,
+    SegmentationTask,
+    TaskNetwork,
+    load_task_checkpoint,
+    save_task_checkpoint,
+)
 
 CHECKPOINT_FORMAT = "tdfusion_ros-train"
 PHASES = ("meta", "learn")
@@ -98,8 +104,11 @@ def build_networks(config: TrainConfig, dataset: datasets.PairDataset,
     loss = LossGenerationNet().to(device).train() if config.use_loss_network else None
     task = build_task(config, dataset)
     if config.init_task:
-        record = torch.load(config.init_task, map_location="cpu", weights_only=True)
-        if not isinstance(record, dict) or record.get("task") != config.task:
+        try:
+            record = load_task_checkpoint(config.init_task)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise TrainingError(f"{config.init_task}: unreadable task.pt ({err})") from err
+        if record.get("task") != config.task:
             raise TrainingError(f"{config.init_task}: not a {config.task} task.pt")
         if list(record["classes"]) != list(dataset.classes):
             raise TrainingError(f"{config.init_task}: classes {record['classes']} differ from "
@@ -225,12 +234,9 @@ def save_final_networks(out_dir: Path, config: TrainConfig, nets: Networks,
     if nets.loss is not None:
         paths["loss_generation"] = str(
             save_network(nets.loss, out_dir / "loss_generation.pt", "loss_generation", meta))
-    task_path = out_dir / "task.pt"
-    torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": config.task,
-                "classes": list(dataset.classes), "num_classes": len(dataset.classes),
-                "input_size": list(dataset.task_size),
-                "state_dict": nets.task.model.state_dict(), "meta": meta}, task_path)
-    paths["task"] = str(task_path)
+    paths["task"] = str(save_task_checkpoint(out_dir / "task.pt", config.task, dataset.classes,
+                                             dataset.task_size, nets.task.model.state_dict(),
+                                             meta))
     return paths
 
 

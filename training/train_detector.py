@@ -38,10 +38,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tdfusion_ros.detection_metrics import detection_metrics  # noqa: E402
+from training.datasets import read_yolo_boxes  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
-from training.task_networks import DetectionTask, ultralytics_config_dir  # noqa: E402
+from training.task_networks import (  # noqa: E402
+    DetectionTask,
+    load_task_checkpoint,
+    save_task_checkpoint,
+    ultralytics_config_dir,
+)
 
-__all__ = ["evaluate_detector", "load_task_checkpoint", "save_task_checkpoint", "train_detector"]
+__all__ = ["evaluate_detector", "f1_by_confidence", "train_detector"]
 
 DEFAULT_INPUT_SIZE = (240, 320)
 
@@ -59,22 +65,6 @@ def _offline_ultralytics(threads: int) -> None:
     import ultralytics.utils.torch_utils as torch_utils
 
     torch_utils.NUM_THREADS = threads  # the trainer calls torch.set_num_threads with it
-
-
-def save_task_checkpoint(path: Path, task: str, classes: list[str], input_size: tuple[int, int],
-                         state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """The ``task.pt`` record of ``training/train.py`` (weights only, loadable safely)."""
-    torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": task,
-                "classes": list(classes), "num_classes": len(classes),
-                "input_size": list(input_size), "state_dict": state_dict, "meta": meta}, path)
-    return path
-
-
-def load_task_checkpoint(path: str | Path) -> dict[str, Any]:
-    record = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(record, dict) or record.get("network") != "task":
-        raise ValueError(f"{path}: not a task checkpoint (task.pt)")
-    return record
 
 
 def _ultralytics_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -125,17 +115,6 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
                                 state, meta)
 
 
-def _read_labels(path: Path, h: int, w: int) -> np.ndarray:
-    rows = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 5:
-            c, cx, cy, bw, bh = (float(p) for p in parts)
-            rows.append([c, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w,
-                         (cy + bh / 2) * h])
-    return np.asarray(rows, np.float64).reshape(-1, 5)
-
-
 @torch.no_grad()
 def evaluate_detector(task_pt: str | Path, data: FusedDataset, split: str = "val",
                       threads: int = 2) -> dict[str, Any]:
@@ -151,7 +130,8 @@ def evaluate_detector(task_pt: str | Path, data: FusedDataset, split: str = "val
         h, w = image.shape
         fused = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
         preds.append(task.predict(fused)[0].numpy().astype(np.float64))
-        truth.append(_read_labels(data.root / "labels" / split / f"{image_path.stem}.txt", h, w))
+        label = data.root / "labels" / split / f"{image_path.stem}.txt"
+        truth.append(read_yolo_boxes(label, (h, w), len(record["classes"])).astype(np.float64))
     result = detection_metrics(truth, preds, record["classes"])
     result["images"] = len(truth)
     result["f1_by_conf"] = f1_by_confidence(truth, preds)

@@ -36,8 +36,11 @@ if __package__ in (None, ""):
 from tdfusion_ros.metrics import ConfusionMatrix  # noqa: E402
 from training.datasets import IGNORE_INDEX  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
-from training.task_networks import SegmentationTask  # noqa: E402
-from training.train_detector import load_task_checkpoint, save_task_checkpoint  # noqa: E402
+from training.task_networks import (  # noqa: E402
+    SegmentationTask,
+    load_task_checkpoint,
+    save_task_checkpoint,
+)
 
 __all__ = ["evaluate_segmenter", "train_segmenter"]
 
