@@ -162,72 +162,55 @@ class Stages:
         torch.set_num_threads(self.r.threads)
         train.train(config, state, show_progress=False)
 
-    def _detector(self, arm: str, seed: int, epochs: int | None = None) -> None:
+    def _detector(self, arm: str, seed: int, epochs: int | None = None,
+                  out: Path | None = None, init: Path | None = None) -> None:
         from training.fused_dataset import FusedDataset
         from training.train_detector import evaluate_detector, train_detector
 
         data = FusedDataset(self.r.root / "fused" / arm)
-        out = self.r.root / f"detector_{arm}_s{seed}"
+        out = out or self.r.root / f"detector_{arm}_s{seed}"
         d = self.r.detector
         task_pt = train_detector(data, out, epochs=epochs or d["epochs"], imgsz=d["imgsz"],
                                  batch=d["batch"], seed=seed, threads=self.r.threads,
-                                 input_size=tuple(d["input_size"]))
+                                 input_size=tuple(d["input_size"]), init=init)
         metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _log(f"detector {arm} seed {seed}: mAP50 {metrics['mAP50']:.3f}, "
+        _log(f"detector {out.name}: mAP50 {metrics['mAP50']:.3f}, "
              f"mAP50-95 {metrics['mAP50-95']:.3f}")
 
-    def _segmenter(self, arm: str, seed: int) -> None:
+    def _segmenter(self, arm: str, seed: int, epochs: int | None = None,
+                   out: Path | None = None, init: Path | None = None,
+                   lr: float | None = None) -> None:
         from training.fused_dataset import FusedDataset
         from training.train_segmenter import evaluate_segmenter, train_segmenter
 
         data = FusedDataset(self.r.root / "fused" / arm)
-        out = self.r.root / f"segmenter_{arm}_s{seed}"
+        out = out or self.r.root / f"segmenter_{arm}_s{seed}"
         s = self.r.segmenter
-        task_pt = train_segmenter(data, out, epochs=s["epochs"], batch=s["batch"], lr=s["lr"],
-                                  seed=seed, threads=self.r.threads,
-                                  input_size=tuple(s["input_size"]), log=_log)
+        task_pt = train_segmenter(data, out, epochs=epochs or s["epochs"], batch=s["batch"],
+                                  lr=lr or s["lr"], seed=seed, threads=self.r.threads,
+                                  input_size=tuple(s["input_size"]), init=init, log=_log)
         metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _log(f"segmenter {arm} seed {seed}: mIoU {metrics['mIoU']:.3f}")
+        _log(f"segmenter {out.name}: mIoU {metrics['mIoU']:.3f}")
 
     def _detector_final(self) -> None:
-        """The shipped detector: arm (d)'s, trained on for ``final_detector_epochs`` more."""
-        from training.fused_dataset import FusedDataset
-        from training.train_detector import evaluate_detector, train_detector
-
-        data = FusedDataset(self.r.root / "fused" / "tdfusion")
-        out = self._final_dir("detector")
-        if self.r.final_detector_epochs == 0:
-            return  # arm (d)'s detector_tdfusion_s0 stage made it
-        d = self.r.detector
-        init = (self.r.root / f"detector_tdfusion_s{self.r.seeds[0]}" / "yolo" / "weights"
-                / "last.pt")
-        task_pt = train_detector(data, out, epochs=self.r.final_detector_epochs,
-                                 imgsz=d["imgsz"], batch=d["batch"], seed=0,
-                                 threads=self.r.threads, input_size=tuple(d["input_size"]),
-                                 init=init)
-        metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _log(f"final detector: mAP50 {metrics['mAP50']:.3f}, mAP50-95 {metrics['mAP50-95']:.3f}")
+        """The shipped detector: arm (d)'s, trained on for ``final_detector_epochs`` more (0:
+        arm (d)'s stage already made it)."""
+        if self.r.final_detector_epochs:
+            seed = self.r.seeds[0]
+            self._detector("tdfusion", seed, self.r.final_detector_epochs,
+                           self._final_dir("detector"), self.r.root
+                           / f"detector_tdfusion_s{seed}" / "yolo" / "weights" / "last.pt")
 
     def _segmenter_final(self) -> None:
-        from training.fused_dataset import FusedDataset
-        from training.train_segmenter import evaluate_segmenter, train_segmenter
-
-        data = FusedDataset(self.r.root / "fused" / "tdfusion")
-        out = self._final_dir("segmenter")
-        if self.r.final_segmenter_epochs == 0:
-            return  # arm (d)'s segmenter_tdfusion_s0 stage made it
-        s = self.r.segmenter
-        task_pt = train_segmenter(data, out, epochs=self.r.final_segmenter_epochs,
-                                  batch=s["batch"], lr=s["lr"] / 2, seed=0,
-                                  threads=self.r.threads, input_size=tuple(s["input_size"]),
-                                  init=self.r.root / f"segmenter_tdfusion_s{self.r.seeds[0]}"
-                                  / "task.pt", log=_log)
-        metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _log(f"final segmenter: mIoU {metrics['mIoU']:.3f}")
+        """The shipped segmenter, likewise, at half the learning rate."""
+        if self.r.final_segmenter_epochs:
+            seed = self.r.seeds[0]
+            self._segmenter("tdfusion", seed, self.r.final_segmenter_epochs,
+                            self._final_dir("segmenter"),
+                            self.r.root / f"segmenter_tdfusion_s{seed}" / "task.pt",
+                            self.r.segmenter["lr"] / 2)
 
     def _evaluate(self) -> None:
         from training.comparison_report import write_comparison
