@@ -77,20 +77,17 @@ def _fuser(source: str, threads: int, work: Path):
         return lambda ir, vis: ir
     if source == "vis":
         return lambda ir, vis: vis
-    import onnxruntime as ort
-
     from tdfusion_ros.checkpoints import load_network
-    from training.export import export_fusion
+    from tdfusion_ros.engines import create_engine
+    from training.export import FUSION_OUTPUT, export_fusion
 
     onnx_path = work / "fusion.onnx"
     export_fusion(load_network(source), onnx_path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    engine = create_engine(onnx_path, "onnxruntime", name="fusion", threads=threads)
 
     def fuse(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
         feed = {"ir": ir[None, None].astype(np.float32), "vis": vis[None, None].astype(np.float32)}
-        return session.run(None, feed)[0][0, 0]
+        return engine.run(feed)[FUSION_OUTPUT][0, 0]
 
     return fuse
 
