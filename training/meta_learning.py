@@ -184,8 +184,12 @@ class MetaLosses(NamedTuple):
 
 
 class MetaGradient(NamedTuple):
+    """``weight_grad``: dL_outer/dw (B, 2, H, W) on the meta-train crops, from the closed form
+    (None on the reference path); it shows where on the image the meta step pushes G."""
+
     grads: Params
     losses: MetaLosses
+    weight_grad: Tensor | None = None
 
 
 class MetaStepStats(NamedTuple):
@@ -449,7 +453,7 @@ def _closed_form_meta_gradient(
         w, list(g_params.values()), cotangent, allow_unused=True, materialize_grads=True
     )
     losses = MetaLosses(outer.detach(), inner.fusion_loss, inner.task_loss)
-    return MetaGradient(dict(zip(g_params, grads)), losses)
+    return MetaGradient(dict(zip(g_params, grads)), losses, cotangent)
 
 
 def _intensity_weight_cotangent(
