@@ -71,7 +71,8 @@ from training.meta_learning import (  # noqa: E402
 )
 from training.task_networks import SegmentationTask  # noqa: E402
 
-OFFICIAL_F = Path(__file__).resolve().parents[2] / "shared/data/refusion_official/models/ReFusion_IVIF.pth"
+OFFICIAL_F = (Path(__file__).resolve().parents[2]
+              / "shared/data/refusion_official/models/ReFusion_IVIF.pth")
 TITLES = {"A": "A: fixed w = 1/2", "B": "B: TDFusion (learned G)", "C": "C: oracle weights",
           "ir": "infrared only", "vis": "visible only"}
 TRAINED_ARMS = ("A", "B", "C")
@@ -186,7 +187,7 @@ def score(task: SegmentationTask, images: np.ndarray, labels: np.ndarray) -> dic
         for p, y in zip(pred, labels[i:i + 32]):
             cm.update(p, y)
     iou = cm.compute()["IoU"]
-    return {"miou": float(np.mean([iou[c] for c in OBJECT_CLASSES])),
+    return {"miou": float(np.nanmean([iou[c] for c in OBJECT_CLASSES])),  # nan: class absent
             "iou": dict(zip(CLASSES, map(float, iou)))}
 
 
@@ -455,11 +456,26 @@ def report(prereg: str, command: str, history: list[dict[str, Any]], s: Settings
             lines.append(_row([TITLES[arm], f"{100 * r['miou']:.1f}",
                                *(f"{100 * r['iou'][c]:.1f}" for c in CLASSES[1:]),
                                f"{r['wall_s']:.0f}"]))
-        lines += ["", f"Oracle − fixed: {step['oracle_gap']:+.1f} points → "
+        g, meta = step["pilot"]["B"]["g"], step["pilot"]["B"]["meta"]
+        lines += ["", f"G after the pilot (arm B): w_ir on infrared- / visible-informative "
+                  f"objects / background {g['w_ir_ir_informative']:.2f} / "
+                  f"{g['w_ir_vis_informative']:.2f} / {g['w_ir_background']:.2f} (contrast "
+                  f"{g['contrast']:+.3f}; at init {step['pilot']['B']['g_init']['contrast']:+.3f})"
+                  f"; Spearman ρ(w_ir, ir − vis) on objects "
+                  f"{g['spearman_w_ir_vs_ir_minus_vis']:+.2f}"
+                  f"; meta-gradient contrast positive in "
+                  f"{100 * meta['contrast_positive_fraction']:.0f} % of steps (t = "
+                  f"{meta['contrast_t']:+.1f}).",
+                  "", f"Oracle − fixed: {step['oracle_gap']:+.1f} points → "
                   + ("valid." if step["valid"] else f"not valid; remedy: {step['remedy']}."), ""]
     if not main_runs:
+        job_s = sum(r["wall_s"] for step in history for r in step["pilot"].values())
         lines += ["The pilot stayed invalid after two calibrations: no main run (pre-registered).",
-                  ""]
+                  f"The pilots took {job_s / 60:.0f} min of 1-thread job time (two jobs at a "
+                  f"time, so about {job_s / 120:.0f} min of wall clock, plus the warm starts).",
+                  "", "Figure `weight_maps.png` (the last pilot, held-out scenes): infrared, "
+                  "visible, G's w_ir learned and at init, the oracle's w_ir, the fused images of "
+                  "A, B and C, the label (grey levels by class).", ""]
         return "\n".join(lines)
     by = {(r["arm"], r["seed"]): r for r in main_runs}
     lines += ["## Six seeds (mIoU over the four object classes, %)", "",
@@ -474,7 +490,8 @@ def report(prereg: str, command: str, history: list[dict[str, Any]], s: Settings
                            f"{100 * (c['miou'] - a['miou']):+.1f}",
                            f"{b['g']['contrast']:+.3f}",
                            f"{b['g']['spearman_w_ir_vs_ir_minus_vis']:+.2f}",
-                           f"{m['contrast_mean']:+.2e}, {100 * m['contrast_positive_fraction']:.0f}"]))
+                           f"{m['contrast_mean']:+.2e}, "
+                           f"{100 * m['contrast_positive_fraction']:.0f}"]))
     mean = {arm: np.mean([100 * by[arm, k]["miou"] for k in v["seeds"]]) for arm in TRAINED_ARMS}
     sd = {arm: np.std([100 * by[arm, k]["miou"] for k in v["seeds"]], ddof=1)
           for arm in TRAINED_ARMS}
@@ -482,12 +499,18 @@ def report(prereg: str, command: str, history: list[dict[str, Any]], s: Settings
                        f"{v['gain_mean']:+.1f} ± {v['gain_sd']:.1f}",
                        f"{np.mean(v['oracle_gain_points']):+.1f}", "", "", ""]))
     g_init = [by["B", k]["g_init"] for k in v["seeds"]]
+    meta = {key: np.mean([by["B", k]["meta"][key] for k in v["seeds"]])
+            for key in by["B", v["seeds"][0]]["meta"]}
+
+    def over_seeds(arm: str, key: str, cls: str | None = None) -> float:
+        return float(np.mean([by[arm, k][key] if cls is None else 100 * by[arm, k][key][cls]
+                              for k in v["seeds"]]))
+
     g = [by["B", k]["g"] for k in v["seeds"]]
     lines += ["", "Per-class IoU (mean over seeds, %):", "",
               _row(["arm", *CLASSES]), _row(["---"] * (1 + len(CLASSES)))]
     for arm in TRAINED_ARMS:
-        lines.append(_row([TITLES[arm], *(f"{np.mean([100 * by[arm, k]['iou'][c] for k in v['seeds']]):.1f}"
-                                         for c in CLASSES)]))
+        lines.append(_row([TITLES[arm], *(f"{over_seeds(arm, 'iou', c):.1f}" for c in CLASSES)]))
     lines += ["", "## Tests", "",
               f"* Paired gain B − A: {v['gain_mean']:+.2f} ± {v['gain_sd']:.2f} points "
               f"(mean ± sd over {len(v['seeds'])} seeds); B wins {v['b_wins']} of "
@@ -497,9 +520,9 @@ def report(prereg: str, command: str, history: list[dict[str, Any]], s: Settings
               f"{np.mean([x['contrast'] for x in g]):+.3f} learned, "
               f"{np.mean([x['contrast'] for x in g_init]):+.3f} at init; ≥ +0.2 in "
               f"{sum(x['contrast'] >= 0.2 for x in g)} of {len(g)} seeds.",
-              f"* Spearman ρ(w_ir, ir − vis) on object pixels: "
+              "* Spearman ρ(w_ir, ir − vis) on object pixels: "
               + ", ".join(f"{x['spearman_w_ir_vs_ir_minus_vis']:+.2f}" for x in g)
-              + f" (at init: " + ", ".join(f"{x['spearman_w_ir_vs_ir_minus_vis']:+.2f}"
+              + " (at init: " + ", ".join(f"{x['spearman_w_ir_vs_ir_minus_vis']:+.2f}"
                                            for x in g_init) + f"); |ρ| ≤ 0.2 in "
               f"{sum(abs(x['spearman_w_ir_vs_ir_minus_vis']) <= 0.2 for x in g)} of {len(g)}.",
               f"* Mean w_ir learned / at init: infrared-informative "
@@ -510,10 +533,11 @@ def report(prereg: str, command: str, history: list[dict[str, Any]], s: Settings
               f"{np.mean([x['w_ir_background'] for x in g]):.3f} / "
               f"{np.mean([x['w_ir_background'] for x in g_init]):.3f}.",
               f"* Meta-gradient contrast per step (B's meta-train batches): mean "
-              f"{np.mean([by['B', k]['meta']['contrast_mean'] for k in v['seeds']]):+.2e}, "
-              f"positive in {100 * np.mean([by['B', k]['meta']['contrast_positive_fraction'] for k in v['seeds']]):.0f} % "
-              f"of steps; first half {np.mean([by['B', k]['meta']['contrast_mean_first_half'] for k in v['seeds']]):+.2e}, "
-              f"second half {np.mean([by['B', k]['meta']['contrast_mean_second_half'] for k in v['seeds']]):+.2e}.",
+              f"{meta['contrast_mean']:+.2e}, positive in "
+              f"{100 * meta['contrast_positive_fraction']:.0f} % of steps; first half "
+              f"{meta['contrast_mean_first_half']:+.2e}, second half "
+              f"{meta['contrast_mean_second_half']:+.2e}; outer loss, first / last epoch "
+              f"{meta['outer_loss_first_epoch']:.3f} / {meta['outer_loss_last_epoch']:.3f}.",
               f"* Mechanism holds (pre-registered): {'yes' if v['mechanism_holds'] else 'no'}.",
               "", f"## Verdict: **{v['decision']}**", "",
               "Figure `weight_maps.png` (seed 0, held-out scenes): infrared, visible, G's w_ir "
@@ -522,8 +546,8 @@ def report(prereg: str, command: str, history: list[dict[str, Any]], s: Settings
               "## Compute (s per job, 1 thread)", "",
               _row(["arm", "train", "whole job (train + evaluation)"]), _row(["---"] * 3)]
     for arm in TRAINED_ARMS:
-        lines.append(_row([TITLES[arm], f"{np.mean([by[arm, k]['train_s'] for k in v['seeds']]):.0f}",
-                           f"{np.mean([by[arm, k]['wall_s'] for k in v['seeds']]):.0f}"]))
+        lines.append(_row([TITLES[arm], f"{over_seeds(arm, 'train_s'):.0f}",
+                           f"{over_seeds(arm, 'wall_s'):.0f}"]))
     lines.append("")
     return "\n".join(lines)
 
@@ -562,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
               / "preregistration.md").read_text()
     s = Settings()
     if args.quick:
-        s = replace(s, size=48, train_scenes=8, test_scenes=8, warm_f_epochs=1, warm_t_epochs=1,
-                    epochs=1, meta_steps=2, eval_epochs=1, batch=4, eval_batch=8)
+        s = replace(s, size=32, train_scenes=4, test_scenes=8, warm_f_epochs=1, warm_t_epochs=1,
+                    epochs=1, meta_steps=1, eval_epochs=1, batch=4, eval_batch=4)
     started = time.perf_counter()
     history: list[dict[str, Any]] = []
     main_runs: list[dict[str, Any]] = []
@@ -587,14 +611,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"main run, seeds {args.seeds}", flush=True)
             main_runs = run_jobs(pool, s, work, [(k, a) for k in args.seeds for a in
                                                  ("B", "A", "C")])
+    diagnosis = None
+    if not main_runs:  # not pre-registered: why no weight map helped (headroom_diagnosis.py)
+        from experiments.headroom_diagnosis import diagnose, diagnosis_markdown
+
+        tried = [Settings(**{**h["settings"], "amplitudes": Amplitudes(
+            **h["settings"]["amplitudes"])}) for h in history]
+        cached = work / f"diagnosis_{'_'.join(t.key() for t in tried)}.json"
+        if cached.is_file():
+            diagnosis = json.loads(cached.read_text())
+        else:
+            diagnosis = diagnose(tried, work, args.pilot_seed, count=min(64, s.test_scenes),
+                                 steps=20 if args.quick else 400)
+            cached.write_text(json.dumps(diagnosis))
+        diagnosis["markdown"] = diagnosis_markdown(diagnosis)
     wall = time.perf_counter() - started
     v = verdict(main_runs) if main_runs else {"decision": "not valid"}
-    if main_runs:
-        weight_maps_figure(s, work, args.seeds[0], out / "weight_maps.png")
+    weight_maps_figure(s, work, args.seeds[0] if main_runs else args.pilot_seed,
+                       out / "weight_maps.png")
     (out / "results.json").write_text(json.dumps(
         {"command": command, "wall_s": round(wall, 1), "settings": asdict(s),
-         "pilot_history": history, "verdict": v, "runs": main_runs}, indent=2))
-    (out / "results.md").write_text(report(prereg, command, history, s, main_runs, v, warm, wall))
+         "pilot_history": history, "verdict": v, "runs": main_runs, "diagnosis": diagnosis},
+        indent=2))
+    text = report(prereg, command, history, s, main_runs, v, warm, wall)
+    if diagnosis:
+        text += "\n" + diagnosis["markdown"]
+    (out / "results.md").write_text(text)
     print(f"verdict: {v['decision']}; {wall / 60:.1f} min; see {out / 'results.md'}")
     return 0
 

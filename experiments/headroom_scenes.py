@@ -35,6 +35,7 @@ class Amplitudes:
     class_blur: float = 1.0  # Gaussian sigma (pixels) of the informative level's edge
     paint_min: float = 0.08  # |paint| is uniform in [paint_min, paint_max], random sign
     paint_max: float = 0.30
+    paint_blur: float = 0.0  # Gaussian sigma (pixels) of the paint's edges; 0: sharp
     noise: float = 0.02
     background_variation: float = 0.05  # smooth ambient variation (both modalities)
 
@@ -108,9 +109,12 @@ def make_scene(rng: np.random.Generator, size: int, amp: Amplitudes
         info, other = (0, 1) if family == 0 else (1, 0)
         level = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), amp.class_blur)
         planes[info] += (1.0 if up else -1.0) * amp.class_level * level
+        paint = np.zeros((size, size), np.float32)
         for patch in _patches(rng, mask):
-            paint = rng.uniform(amp.paint_min, amp.paint_max) * rng.choice((-1.0, 1.0))
-            planes[other][patch] += paint
+            paint[patch] = rng.uniform(amp.paint_min, amp.paint_max) * rng.choice((-1.0, 1.0))
+        if amp.paint_blur > 0:
+            paint = cv2.GaussianBlur(paint, (0, 0), amp.paint_blur)
+        planes[other] += paint
     ir, vis = (np.clip(p + rng.normal(0, amp.noise, p.shape), 0, 1).astype(np.float32)
                for p in planes)
     return ir, vis, label, informative
@@ -124,8 +128,23 @@ def make_scenes(count: int, seed: int, size: int = 64, amp: Amplitudes | None = 
     return SceneSet(*(np.stack(a) for a in zip(*scenes)))
 
 
-def oracle_weights(informative: np.ndarray) -> np.ndarray:
-    """(..., 2, H, W) weights: the informative modality on objects, 1/2 on the background."""
-    w_ir = np.where(informative == INFORMATIVE_IR, 1.0,
-                    np.where(informative == INFORMATIVE_VIS, 0.0, 0.5)).astype(np.float32)
+def _dilate_each(masks: np.ndarray, pixels: int) -> np.ndarray:
+    """Each (H, W) mask of a (..., H, W) stack grown by ``pixels`` (square neighbourhood)."""
+    kernel = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
+    flat = masks.reshape(-1, *masks.shape[-2:]).astype(np.uint8)
+    return np.stack([cv2.dilate(m, kernel) > 0 for m in flat]).reshape(masks.shape)
+
+
+def oracle_weights(informative: np.ndarray, surround: int = 0) -> np.ndarray:
+    """(..., 2, H, W) weights: the informative modality on objects, 1/2 on the background.
+
+    ``surround`` > 0 also gives the informative modality a band of that many pixels around
+    each object (1/2 where bands of both families meet), so the object's level is compared with
+    a surround of the same modality; 0 is the pre-registered oracle.
+    """
+    on_ir, on_vis = informative == INFORMATIVE_IR, informative == INFORMATIVE_VIS
+    if surround > 0:
+        on_ir, on_vis = _dilate_each(on_ir, surround), _dilate_each(on_vis, surround)
+        on_ir, on_vis = on_ir & ~on_vis, on_vis & ~on_ir
+    w_ir = np.where(on_ir, 1.0, np.where(on_vis, 0.0, 0.5)).astype(np.float32)
     return np.stack((w_ir, 1.0 - w_ir), axis=-3)

@@ -183,6 +183,33 @@ def test_closed_form_equals_double_backward(name: str, swap: bool) -> None:
         assert float(a.detach()) == pytest.approx(float(b.detach()), rel=1e-12)
 
 
+class _WeightMap(nn.Module):
+    """A "G" whose output is its parameter: dL_outer/dtheta_G is then dL_outer/dw itself."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.rand(shape, dtype=torch.float64))
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        return self.w
+
+
+@pytest.mark.parametrize("name", ["paper", "official_intensity"])
+def test_closed_form_weight_gradient_is_dl_dw(name: str) -> None:
+    """``weight_grad`` (where the meta step pushes G, per pixel) equals the double backward's
+    dL_outer/dw; the experiment's meta-gradient contrast is read from it."""
+    nets = make_nets()
+    meta_train, meta_test = meta_batches(swap=True)
+    nets.loss = _WeightMap((meta_train.ir_crop.shape[0], 2, 8, 8))
+    fast = meta_gradient(nets, meta_train, meta_test, CONFIGS[name])
+    reference = meta_gradient(
+        nets, meta_train, meta_test, replace(CONFIGS[name], meta_gradient_method="double_backward")
+    )
+    assert reference.weight_grad is None
+    assert float(fast.weight_grad.abs().max()) > 0
+    torch.testing.assert_close(fast.weight_grad, reference.grads["w"], rtol=1e-9, atol=1e-15)
+
+
 def test_swap_doubled_exchanges_the_sources_and_repeats_the_targets() -> None:
     batch = make_batch(7)
     doubled = swap_doubled(batch)
