@@ -55,9 +55,9 @@ from tdfusion_ros.runtime.colour import prepare_pair, to_uint8  # noqa: E402
 from tdfusion_ros.runtime.image_io import (  # noqa: E402
     ImagePairError,
     PairPaths,
-    check_pair,
     list_pairs,
     read_image,
+    read_pairs,
 )
 from tdfusion_ros.tools.fuse import (  # noqa: E402
     FusedPair,
@@ -633,14 +633,7 @@ def evaluate(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     map_rows: list[dict[str, Any]] = []
     failed: list[str] = []
-    for index, pair in enumerate(dataset.pairs, 1):
-        try:
-            ir, vis = read_image(pair.ir), read_image(pair.vis)
-            check_pair(ir, vis, str(pair.ir), str(pair.vis))
-        except ImagePairError as err:
-            print(f"skipped {pair.name}: {err}", file=sys.stderr)
-            failed.append(pair.name)
-            continue
+    for index, pair, ir, vis in read_pairs(dataset.pairs, failed):
         sources = prepare_pair(load_unit_float(ir, args.stretch16),
                                load_unit_float(vis, args.stretch16))
         ir8, vis8 = to_uint8(sources.ir_y), to_uint8(sources.vis_y)

@@ -23,9 +23,8 @@ from tdfusion_ros.nets.checkpoints import CheckpointError, load_network
 from tdfusion_ros.runtime.colour import prepare_pair, restore_colour, to_uint8
 from tdfusion_ros.runtime.image_io import (
     ImagePairError,
-    check_pair,
     list_pairs,
-    read_image,
+    read_pairs,
     stretch_percentiles,
     to_unit_float,
 )
@@ -116,14 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     failed = []
-    for index, pair in enumerate(pairs, 1):
-        try:
-            ir, vis = read_image(pair.ir), read_image(pair.vis)
-            check_pair(ir, vis, str(pair.ir), str(pair.vis))
-        except ImagePairError as err:
-            print(f"skipped {pair.name}: {err}", file=sys.stderr)
-            failed.append(pair.name)
-            continue
+    for index, pair, ir, vis in read_pairs(pairs, failed):
         fused = fuse_images(fuser, ir, vis, args.stretch16)
         write_png(out / "colour" / f"{pair.name}.png", fused.colour)
         write_png(out / "grey" / f"{pair.name}.png", fused.grey)
