@@ -15,8 +15,8 @@ from tdfusion_ros.bags.replay.common import (
     FUSED_IMAGE_TOPIC,
     FUSED_SEGMENTATION_TOPIC,
 )
+from tdfusion_ros.bags.replay.labels import _box_iou
 from tdfusion_ros.bags.replay.messages import _decode_detections, _decode_image, fused_typestore
-from tdfusion_ros.bags.replay.scoring import _box_iou
 
 
 # --------------------------------------------------------------------------- comparison

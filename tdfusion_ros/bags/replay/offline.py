@@ -38,8 +38,8 @@ from tdfusion_ros.bags.replay.common import (
     _Timeline,
 )
 from tdfusion_ros.bags.replay.inputs import _Setup
+from tdfusion_ros.bags.replay.labels import _labels_to_fused, _SegEval
 from tdfusion_ros.bags.replay.messages import _Messages
-from tdfusion_ros.bags.replay.scoring import _labels_to_fused, _SegEval
 from tdfusion_ros.runtime.pairing import Pair, Pairer, Stream
 from tdfusion_ros.runtime.pipeline import (
     SIZE_MISMATCH,
