@@ -67,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
     if args.variant == "pytorch":
         import torch
 
-        from tdfusion_ros.checkpoints import load_network
+        from tdfusion_ros.nets.checkpoints import load_network
 
         torch.set_num_threads(args.threads)
         net = load_network(args.checkpoint, "fusion")
@@ -78,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
                            torch.from_numpy(frame[1])[None, None]).numpy()
         describe = f"PyTorch {torch.__version__} eager, {args.threads} threads"
     else:
-        from tdfusion_ros.engines import create_engine
+        from tdfusion_ros.runtime.engines import create_engine
 
         options = json.loads(args.engine_options)
         engine = create_engine(args.onnx, "onnxruntime", threads=args.threads, **options)
@@ -112,7 +112,7 @@ def peak_rss_mib() -> float:
 
 
 def export_graphs(checkpoint: Path, work: Path) -> dict[str, Path]:
-    from tdfusion_ros.checkpoints import load_network
+    from tdfusion_ros.nets.checkpoints import load_network
     from training.export import export_fusion
 
     net = load_network(checkpoint, "fusion")

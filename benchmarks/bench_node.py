@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tdfusion_ros import node_params  # noqa: E402
-from tdfusion_ros.pipeline import FusionPipeline  # noqa: E402
+from tdfusion_ros.ros import node_params  # noqa: E402
+from tdfusion_ros.runtime.pipeline import FusionPipeline  # noqa: E402
 
 DATA = Path(os.environ.get("TDFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -128,7 +128,7 @@ def node_run(bundle: Path, config: Path, size: tuple[int, int], pairs: list, rat
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from tdfusion_ros.ros_image import array_to_image, stamp_to_ns
+    from tdfusion_ros.ros.ros_image import array_to_image, stamp_to_ns
 
     spec = node_params.launch_spec({"config": str(config), "bundle": str(bundle),
                                     "backend": "onnxruntime"})

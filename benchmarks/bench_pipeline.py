@@ -49,17 +49,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tdfusion_ros import node_params  # noqa: E402
-from tdfusion_ros.bundle import load_bundle, sha256_of  # noqa: E402
-from tdfusion_ros.engines import create_engine  # noqa: E402
-from tdfusion_ros.pipeline import FusionPipeline, _luma_split  # noqa: E402
-from tdfusion_ros.ros_image import (  # noqa: E402
+from tdfusion_ros.ros import node_params  # noqa: E402
+from tdfusion_ros.ros.ros_image import (  # noqa: E402
     array_to_compressed,
     array_to_image,
     detections_to_msg,
     image_to_bgr8,
     image_to_mono,
 )
+from tdfusion_ros.runtime.bundle import load_bundle, sha256_of  # noqa: E402
+from tdfusion_ros.runtime.engines import create_engine  # noqa: E402
+from tdfusion_ros.runtime.pipeline import FusionPipeline, _luma_split  # noqa: E402
 
 DATA = Path(os.environ.get("TDFUSION_SHARED_DATA", REPO.parent / "shared" / "data"))
 STAGES = ("decode", "gain", "registration", "luma", "fusion", "fusion (naive)", "colour",

@@ -117,7 +117,7 @@ def build(task: str, size: Size, seed: int = 0) -> Setup:
     """Networks, the two batches of a meta iteration and a snapshot to start every run from."""
     import torch
 
-    from tdfusion_ros.networks import FusionNet, LossGenerationNet
+    from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet
     from training.datasets import GeneratedScenes, derive_generator
     from training.meta_learning import MetaConfig, Networks
     from training.task_networks import DetectionTask, SegmentationTask

@@ -48,8 +48,8 @@ FUSION_TOLERANCE = 1e-2
 def prepare(out: Path, data: Path, checkpoint: Path) -> None:
     import torch
 
-    from tdfusion_ros.bundle import write_bundle
-    from tdfusion_ros.checkpoints import load_network
+    from tdfusion_ros.nets.checkpoints import load_network
+    from tdfusion_ros.runtime.bundle import write_bundle
     from training.export import COLOUR_CONVENTION, export_fusion, real_pairs
 
     bundle = out / "bundle"
@@ -116,7 +116,7 @@ def _median_time(function: Any, runs: int) -> float:
 def _environment() -> dict[str, Any]:
     import onnxruntime
 
-    from tdfusion_ros.engines import available_backends
+    from tdfusion_ros.runtime.engines import available_backends
 
     info: dict[str, Any] = {"python": sys.version.split()[0],
                             "onnxruntime": onnxruntime.__version__,
@@ -134,7 +134,7 @@ def _environment() -> dict[str, Any]:
     except ImportError as err:
         info["tensorrt"] = None
         info["tensorrt_missing"] = f"TensorRT is not installed on this machine ({err})"
-    from tdfusion_ros.engines.onnxruntime_engine import cuda_provider_available
+    from tdfusion_ros.runtime.engines.onnxruntime_engine import cuda_provider_available
 
     info["ort_cuda"] = cuda_provider_available()[1]
     try:
@@ -174,11 +174,11 @@ def _matched_detections(reference: Any, other: Any) -> dict[str, Any]:
 
 def run(work: Path, out: Path, runs: int, budget: float) -> dict[str, Any]:
 
-    from tdfusion_ros.bundle import load_bundle
-    from tdfusion_ros.colour import prepare_pair, restore_colour
-    from tdfusion_ros.engines import EngineError, create_engine
-    from tdfusion_ros.image_io import read_image, to_unit_float
-    from tdfusion_ros.postprocess import (
+    from tdfusion_ros.runtime.bundle import load_bundle
+    from tdfusion_ros.runtime.colour import prepare_pair, restore_colour
+    from tdfusion_ros.runtime.engines import EngineError, create_engine
+    from tdfusion_ros.runtime.image_io import read_image, to_unit_float
+    from tdfusion_ros.runtime.postprocess import (
         decode_yolo,
         detector_input,
         segmentation_class_map,
@@ -321,7 +321,7 @@ def _torch_fusion(work: Path, feeds: dict[str, np.ndarray], reference: np.ndarra
         return
     if not torch.cuda.is_available():
         return
-    from tdfusion_ros.checkpoints import load_network
+    from tdfusion_ros.nets.checkpoints import load_network
 
     net = load_network(work / "fusion_checkpoint.pth", "fusion").cuda()
     ir = torch.from_numpy(feeds["ir"]).cuda()

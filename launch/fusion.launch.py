@@ -5,7 +5,7 @@
         [rgb_topic:=/rgb/image_raw] [fused_image_topic:=...] [detections_topic:=...]
 
 Every default, parameter override, remap and environment variable comes from
-``tdfusion_ros.node_params``; the CI test starts the node process from the same spec, so
+``tdfusion_ros.ros.node_params``; the CI test starts the node process from the same spec, so
 what is tested is what this file launches. ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` is set
 for the node process: image topics of this size need Fast DDS's large-data transport (set it
 for the camera drivers too; other RMWs ignore it).
@@ -16,7 +16,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from tdfusion_ros import node_params
+from tdfusion_ros.ros import node_params
 
 
 def _node(context, *args, **kwargs):

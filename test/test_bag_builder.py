@@ -17,7 +17,7 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import CompressedImage, Image
 
-from tdfusion_ros.bag_builder import (
+from tdfusion_ros.bags.builder import (
     LABELS_FILE,
     BagBuildError,
     TimingConfig,
@@ -28,8 +28,8 @@ from tdfusion_ros.bag_builder import (
     load_segmentation,
     main,
 )
-from tdfusion_ros.pairing import Pairer, PairingConfig
-from tdfusion_ros.ros_image import stamp_to_ns
+from tdfusion_ros.ros.ros_image import stamp_to_ns
+from tdfusion_ros.runtime.pairing import Pairer, PairingConfig
 from tdfusion_ros.scenes import SEGMENTATION_CLASSES, generate_scene, scene_seed
 
 MS = 1_000_000

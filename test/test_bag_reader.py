@@ -24,8 +24,8 @@ from rosbags.rosbag2 import (
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CompressedImage, Image
 
-from tdfusion_ros.bag_builder import TimingConfig, build_from_scenes
-from tdfusion_ros.bag_reader import (
+from tdfusion_ros.bags.builder import TimingConfig, build_from_scenes
+from tdfusion_ros.bags.reader import (
     BagDamagedError,
     BagDamageWarning,
     BagOpenError,
@@ -38,7 +38,7 @@ from tdfusion_ros.bag_reader import (
     list_topics,
     main,
 )
-from tdfusion_ros.ros_image import stamp_to_ns
+from tdfusion_ros.ros.ros_image import stamp_to_ns
 
 THERMAL, RGB = "/thermal/image_raw", "/rgb/image_raw"
 MODES = {THERMAL: "mono", RGB: "bgr8"}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdfusion_ros.checkpoints import CheckpointError, load_network, save_network
-from tdfusion_ros.networks import FusionNet, LossGenerationNet
+from tdfusion_ros.nets.checkpoints import CheckpointError, load_network, save_network
+from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet
 
 
 def test_official_file_loads_both_duplicate_keys_consistently(official_ivif: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tdfusion_ros.colour import combine_chroma, is_colour, prepare_pair, restore_colour
+from tdfusion_ros.runtime.colour import combine_chroma, is_colour, prepare_pair, restore_colour
 
 
 def random_bgr(seed: int, shape=(20, 30)) -> np.ndarray:
@@ -66,8 +66,8 @@ def test_colour_mapped_infrared_and_colour_visible_are_combined() -> None:
 
 def test_restore_colour_equals_the_plain_float_formula(shared_data) -> None:
     """One rounding pass gives the same bytes as clip, YCrCb -> BGR, x 255, rint, clip."""
-    from tdfusion_ros.colour import to_uint8
-    from tdfusion_ros.image_io import read_image, to_unit_float
+    from tdfusion_ros.runtime.colour import to_uint8
+    from tdfusion_ros.runtime.image_io import read_image, to_unit_float
 
     def plain(fused_y: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:
         y = np.clip(fused_y, 0.0, 1.0)

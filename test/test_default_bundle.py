@@ -29,7 +29,7 @@ MFNET = ["unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail",
 
 
 def test_default_bundle_holds_the_three_graphs() -> None:
-    from tdfusion_ros.bundle import load_bundle
+    from tdfusion_ros.runtime.bundle import load_bundle
 
     bundle = load_bundle(BUNDLE)  # verifies every file's sha256
     assert set(bundle.graphs) == {"fusion", "detector", "segmenter"}
@@ -44,7 +44,7 @@ def test_default_bundle_holds_the_three_graphs() -> None:
 def test_graphs_match_their_pytorch_sources(shared_data: Path) -> None:
     import torch
 
-    from tdfusion_ros.checkpoints import load_network
+    from tdfusion_ros.nets.checkpoints import load_network
     from training.export import check_fusion_onnx, real_pairs
     from training.onnx_task_export import check_detector_onnx, check_segmenter_onnx
     from training.task_networks import DetectionTask, SegmentationTask
@@ -75,7 +75,7 @@ def _play_and_record(out: Path, data: Path, seconds: float) -> None:
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
-    from tdfusion_ros.ros_image import array_to_image
+    from tdfusion_ros.ros.ros_image import array_to_image
 
     rclpy.init()
     node = rclpy.create_node("night_camera")
@@ -127,7 +127,7 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 def test_node_started_by_launch_sees_people_only_the_infrared_shows(
         shared_data: Path, tmp_path: Path) -> None:
-    from tdfusion_ros import node_params
+    from tdfusion_ros.ros import node_params
 
     from .test_node import domain_id, ros_env, start_node, stop
 

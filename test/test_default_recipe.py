@@ -98,7 +98,7 @@ def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
                     str(REPO / "models" / "fusion_default.pt"), "--task", str(det), "--task",
                     str(seg), "--out", str(bundle), "--no-check"], check=True, cwd=REPO,
                    capture_output=True)
-    from tdfusion_ros.bundle import load_bundle
+    from tdfusion_ros.runtime.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     assert loaded.graph("detector").input_hw == (256, 320)

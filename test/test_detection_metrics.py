@@ -1,4 +1,4 @@
-"""Tests for the COCO-style detection metrics (tdfusion_ros/detection_metrics.py)."""
+"""Tests for the COCO-style detection metrics (tdfusion_ros/metrics/detection.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pycocotools")
 
-from tdfusion_ros.detection_metrics import detection_metrics  # noqa: E402
+from tdfusion_ros.metrics.detection import detection_metrics  # noqa: E402
 
 NAMES = ["person", "car"]
 
@@ -99,7 +99,7 @@ def test_empty_inputs_and_bad_input() -> None:
 def test_no_torch_or_ultralytics_import() -> None:
     code = (
         "import sys\n"
-        "from tdfusion_ros.detection_metrics import detection_metrics\n"
+        "from tdfusion_ros.metrics.detection import detection_metrics\n"
         "detection_metrics([[[0, 0, 0, 5, 5]]], [[[0, 0, 0, 5, 5, 1.0]]], ['a'])\n"
         "bad = [m for m in ('torch', 'ultralytics', 'matplotlib') if m in sys.modules]\n"
         "assert not bad, bad\n"

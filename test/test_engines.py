@@ -19,14 +19,14 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from tdfusion_ros.bundle import BundleError, load_bundle, write_bundle
-from tdfusion_ros.engines import (
+from tdfusion_ros.runtime.bundle import BundleError, load_bundle, write_bundle
+from tdfusion_ros.runtime.engines import (
     BackendUnavailableError,
     EngineError,
     available_backends,
     create_engine,
 )
-from tdfusion_ros.engines.cuda_driver import probe_gpu
+from tdfusion_ros.runtime.engines.cuda_driver import probe_gpu
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL = np.array([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]], np.float32)
@@ -258,7 +258,7 @@ def test_runtime_path_imports_no_torch(bundle_dir: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from tdfusion_ros.bundle import engine_for, load_bundle
+        from tdfusion_ros.runtime.bundle import engine_for, load_bundle
         engine = engine_for(load_bundle({str(bundle_dir)!r}), "fusion", "auto")
         x = np.zeros((1, 1, 8, 8), np.float32)
         engine.run({{"ir": x, "vis": x}})

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from tdfusion_ros.checkpoints import load_network, save_network
-from tdfusion_ros.colour import prepare_pair, to_uint8
-from tdfusion_ros.fuse import TorchFuser, fuse_images
-from tdfusion_ros.image_io import read_image, to_unit_float
-from tdfusion_ros.metrics import fusion_metrics, segmentation_metrics
-from tdfusion_ros.networks import LossGenerationNet
+from tdfusion_ros.metrics.fusion import fusion_metrics
+from tdfusion_ros.metrics.segmentation import segmentation_metrics
+from tdfusion_ros.nets.checkpoints import load_network, save_network
+from tdfusion_ros.nets.networks import LossGenerationNet
+from tdfusion_ros.runtime.colour import prepare_pair, to_uint8
+from tdfusion_ros.runtime.image_io import read_image, to_unit_float
+from tdfusion_ros.tools.fuse import TorchFuser, fuse_images
 from test.conftest import REPO
 from training import evaluate
 

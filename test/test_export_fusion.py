@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tdfusion_ros.bundle import load_bundle
-from tdfusion_ros.checkpoints import load_network
-from tdfusion_ros.engines import create_engine
-from tdfusion_ros.networks import FusionNet
+from tdfusion_ros.nets.checkpoints import load_network
+from tdfusion_ros.nets.networks import FusionNet
+from tdfusion_ros.runtime.bundle import load_bundle
+from tdfusion_ros.runtime.engines import create_engine
 from training.export import (
     FusionExportError,
     FusionGraph,

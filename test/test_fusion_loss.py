@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from tdfusion_ros.networks import LossGenerationNet
+from tdfusion_ros.nets.networks import LossGenerationNet
 from training.fusion_loss import (
     FusionLossConfig,
     fusion_loss,

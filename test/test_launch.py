@@ -28,7 +28,7 @@ from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
 import launch  # noqa: E402
-from tdfusion_ros import node_params  # noqa: E402
+from tdfusion_ros.ros import node_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120.0
@@ -74,7 +74,7 @@ class TestFusionLaunch(unittest.TestCase):
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
 
-        from tdfusion_ros.ros_image import array_to_image, stamp_to_ns
+        from tdfusion_ros.ros.ros_image import array_to_image, stamp_to_ns
 
         node = self.node
         fused: list[int] = []

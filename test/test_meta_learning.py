@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdfusion_ros.colour import split_luma
-from tdfusion_ros.networks import FusionNet, LossGenerationNet
+from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet
+from tdfusion_ros.runtime.colour import split_luma
 from tdfusion_ros.scenes import generate_scene
 from training.fusion_loss import FusionLossConfig, fusion_loss_from_config
 from training.meta_learning import (

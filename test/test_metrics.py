@@ -1,4 +1,4 @@
-"""Tests for the fusion and segmentation metrics (tdfusion_ros/metrics.py).
+"""Tests for the fusion and segmentation metrics (tdfusion_ros/metrics/fusion.py, segmentation.py).
 
 Hand-computed values on tiny images, a slow per-pixel re-derivation of Qabf, and equality with
 the libraries the reference evaluator calls (sewar's vifp, scikit-image's SSIM, scipy's
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tdfusion_ros import metrics as M
+from tdfusion_ros.metrics import fusion as M
+from tdfusion_ros.metrics import segmentation as S
 
 TG, KG, DG = 0.9994, -15.0, 0.5
 TA, KA, DA = 0.9879, -22.0, 0.8
@@ -328,7 +329,7 @@ def test_runtime_imports_stay_light() -> None:
     """Importing and using the numpy metrics pulls in neither torch nor the optional libs."""
     code = (
         "import sys, numpy as np\n"
-        "from tdfusion_ros import metrics as M\n"
+        "from tdfusion_ros.metrics import fusion as M\n"
         "x = np.arange(48 * 48, dtype=float).reshape(48, 48) % 251\n"
         "M.en(x); M.sf(x); M.scd(x, x.T, x); M.vif(x, x.T, x); M.qabf(x, x.T, x)\n"
         "bad = [m for m in ('torch', 'ultralytics', 'sewar', 'skimage', 'scipy')"
@@ -345,7 +346,7 @@ def test_runtime_imports_stay_light() -> None:
 def test_segmentation_hand_confusion() -> None:
     label = np.array([[0, 0, 1], [1, 2, 255]])
     pred = np.array([[0, 1, 1], [1, 0, 2]])  # the 2 sits on an ignored pixel
-    out = M.segmentation_metrics(pred, label, num_classes=4)
+    out = S.segmentation_metrics(pred, label, num_classes=4)
     # Rows (label) x columns (pred): [[1, 1, 0], [0, 2, 0], [1, 0, 0]], class 3 unseen.
     np.testing.assert_allclose(out["IoU"][:3], [1 / 3, 2 / 3, 0.0])
     np.testing.assert_allclose(out["Acc"][:3], [1 / 2, 1.0, 0.0])
@@ -360,10 +361,10 @@ def test_confusion_matrix_accumulates_over_images() -> None:
     preds = [rng.integers(0, 5, (7, 9)) for _ in range(3)]
     labels = [rng.integers(0, 5, (7, 9)) for _ in range(3)]
     labels[1][0, :] = 255
-    cm = M.ConfusionMatrix(5)
+    cm = S.ConfusionMatrix(5)
     for p, lab in zip(preds, labels):
         cm.update(p, lab)
-    joined = M.segmentation_metrics(np.concatenate(preds), np.concatenate(labels), 5)
+    joined = S.segmentation_metrics(np.concatenate(preds), np.concatenate(labels), 5)
     assert cm.compute() == joined
     assert cm.matrix.sum() == 3 * 63 - 9
     cm.reset()
@@ -371,7 +372,7 @@ def test_confusion_matrix_accumulates_over_images() -> None:
 
 
 def test_segmentation_class_only_predicted() -> None:
-    out = M.segmentation_metrics(np.array([0, 1, 1]), np.array([0, 0, 0]), num_classes=2)
+    out = S.segmentation_metrics(np.array([0, 1, 1]), np.array([0, 0, 0]), num_classes=2)
     assert out["IoU"] == pytest.approx([1 / 3, 0.0])
     assert out["Acc"][0] == pytest.approx(1 / 3)
     assert math.isnan(out["Acc"][1])  # recall of a class with no labelled pixel: undefined
@@ -381,12 +382,12 @@ def test_segmentation_class_only_predicted() -> None:
 
 def test_segmentation_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="label"):
-        M.segmentation_metrics(np.array([0, 1]), np.array([0, 3]), num_classes=3)
+        S.segmentation_metrics(np.array([0, 1]), np.array([0, 3]), num_classes=3)
     with pytest.raises(ValueError, match="prediction"):
-        M.segmentation_metrics(np.array([0, 7]), np.array([0, 1]), num_classes=3)
+        S.segmentation_metrics(np.array([0, 7]), np.array([0, 1]), num_classes=3)
     with pytest.raises(ValueError, match="mismatch"):
-        M.segmentation_metrics(np.zeros((2, 2), int), np.zeros((2, 3), int), num_classes=3)
-    everything_ignored = M.segmentation_metrics(np.array([9]), np.array([255]), num_classes=2)
+        S.segmentation_metrics(np.zeros((2, 2), int), np.zeros((2, 3), int), num_classes=3)
+    everything_ignored = S.segmentation_metrics(np.array([9]), np.array([255]), num_classes=2)
     assert math.isnan(everything_ignored["mIoU"]) and math.isnan(everything_ignored["aAcc"])
 
 

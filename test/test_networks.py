@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from tdfusion_ros.networks import FusionNet, LossGenerationNet, count_parameters
+from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet, count_parameters
 
 
 def test_parameter_counts_match_the_official_networks() -> None:

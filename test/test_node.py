@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as the driver script
     sys.path.insert(0, str(REPO))
 
-from tdfusion_ros import node_params  # noqa: E402
+from tdfusion_ros.ros import node_params  # noqa: E402
 
 RATE_HZ = 10.0
 SIZE = (160, 120)  # w, h of the played images
@@ -285,9 +285,9 @@ def test_lifecycle_and_compressed_input_in_process(tiny_bundle: Path, tmp_path: 
         import rclpy
         from rclpy.parameter import Parameter
         from sensor_msgs.msg import CompressedImage
-        from tdfusion_ros.node import FusionNode, SUCCESS, FAILURE
-        from tdfusion_ros.pairing import Stream
-        from tdfusion_ros.ros_image import array_to_compressed, array_to_image
+        from tdfusion_ros.ros.node import FusionNode, SUCCESS, FAILURE
+        from tdfusion_ros.runtime.pairing import Stream
+        from tdfusion_ros.ros.ros_image import array_to_compressed, array_to_image
         rclpy.init(args=["node", "--ros-args", "-p", "bundle:={tmp_path / 'missing'}",
                          "-p", "backend:=onnxruntime", "-p", "autostart:=false",
                          "-p", "input.rgb_transport:=compressed"])
@@ -415,13 +415,13 @@ def test_message_filters_wiring_with_a_stand_in(tiny_bundle: Path) -> None:
                     self.signalMessage(*[q.pop(stamp) for q in self.queues])
         mf.Subscriber, mf.ApproximateTimeSynchronizer = Subscriber, ApproximateTimeSynchronizer
         sys.modules["message_filters"] = mf
-        from tdfusion_ros.node import FusionNode
-        from tdfusion_ros.ros_image import array_to_image
+        from tdfusion_ros.ros.node import FusionNode
+        from tdfusion_ros.ros.ros_image import array_to_image
         rclpy.init(args=["node", "--ros-args", "-p", "bundle:={tiny_bundle}",
                          "-p", "backend:=onnxruntime", "-p", "autostart:=false",
                          "-p", "sync.policy:=message_filters"])
         node = FusionNode()
-        from tdfusion_ros.node import SUCCESS
+        from tdfusion_ros.ros.node import SUCCESS
         assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
         thermal_sub, rgb_sub, sync = node._mf_filters
         rng = np.random.default_rng(0)
@@ -515,7 +515,7 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
     from std_srvs.srv import SetBool
     from vision_msgs.msg import Detection2DArray
 
-    from tdfusion_ros.ros_image import array_to_image, image_to_array, stamp_to_ns
+    from tdfusion_ros.ros.ros_image import array_to_image, image_to_array, stamp_to_ns
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)

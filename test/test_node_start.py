@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as the feeder script
     sys.path.insert(0, str(REPO))
 
-from tdfusion_ros import node_params  # noqa: E402
+from tdfusion_ros.ros import node_params  # noqa: E402
 
 if __package__ not in (None, ""):
     from .test_node import domain_id, ros_env, stop, write_config
@@ -230,7 +230,7 @@ def simclock_main(argv: list[str]) -> int:
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
-    from tdfusion_ros.ros_image import array_to_image, image_to_array, stamp_to_ns
+    from tdfusion_ros.ros.ros_image import array_to_image, image_to_array, stamp_to_ns
 
     rclpy.init()
     node = Node("simclock_driver")
@@ -300,7 +300,7 @@ def feeder_main(argv: list[str]) -> int:
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
-    from tdfusion_ros.ros_image import array_to_image
+    from tdfusion_ros.ros.ros_image import array_to_image
 
     rclpy.init()
     node = Node("feeder")

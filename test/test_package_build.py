@@ -105,7 +105,7 @@ def test_colcon_build_installs_the_package(tmp_path: Path) -> None:
     # on AMENT_PREFIX_PATH, else next to itself; never in site-packages.
     for ament in (str(prefix), ""):
         found = subprocess.run(
-            [sys.executable, "-c", "from tdfusion_ros import node_params as p; "
+            [sys.executable, "-c", "from tdfusion_ros.ros import node_params as p; "
              "print(p.default_config_path()); print(p.default_bundle_path())"],
             cwd=tmp_path, env=dict(run_env, AMENT_PREFIX_PATH=ament), capture_output=True,
             text=True, timeout=300, check=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tdfusion_ros.pairing import (
+from tdfusion_ros.runtime.pairing import (
     DUPLICATE_STAMP,
     NO_PARTNER_WITHIN_SLOP,
     PARTNER_MATCHED_CLOSER,
@@ -162,7 +162,7 @@ def test_real_pairs_travel_as_payloads(shared_data: Path) -> None:
     """The 46 MSRS pairs as real sensor_msgs/Image payloads, 10 Hz with jitter and offset."""
     import cv2
 
-    from tdfusion_ros.ros_image import array_to_image, image_to_bgr8, image_to_mono
+    from tdfusion_ros.ros.ros_image import array_to_image, image_to_bgr8, image_to_mono
 
     names = sorted(p.stem for p in (shared_data / "det" / "ir").glob("*.png"))
     rng = random.Random(3)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdfusion_ros.checkpoints import load_network
-from tdfusion_ros.colour import prepare_pair
-from tdfusion_ros.image_io import read_image, to_unit_float
+from tdfusion_ros.nets.checkpoints import load_network
+from tdfusion_ros.runtime.colour import prepare_pair
+from tdfusion_ros.runtime.image_io import read_image, to_unit_float
 
 # Where the inputs of each reference output live (see ../shared/data/SOURCES.md).
 REFERENCE_INPUTS = {

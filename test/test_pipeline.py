@@ -22,8 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tdfusion_ros.bundle import BundleError, load_bundle, write_bundle
-from tdfusion_ros.pipeline import (
+from tdfusion_ros.runtime.bundle import BundleError, load_bundle, write_bundle
+from tdfusion_ros.runtime.pipeline import (
     FUSION,
     RGB_ONLY,
     SIZE_MISMATCH,
@@ -35,8 +35,8 @@ from tdfusion_ros.pipeline import (
     PipelineSettings,
     overlay,
 )
-from tdfusion_ros.registration import RegistrationConfig
-from tdfusion_ros.thermal_gain import GainConfig
+from tdfusion_ros.runtime.registration import RegistrationConfig
+from tdfusion_ros.runtime.thermal_gain import GainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["person", "bicycle", "car"]
@@ -168,7 +168,7 @@ SETTINGS = PipelineSettings(backend="onnxruntime", threads=1)
 def real_fusion_bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """models/fusion_default.pt as ONNX: the default bundle when it was exported from it,
     else exported here the way the default bundle is made."""
-    from tdfusion_ros.bundle import sha256_of
+    from tdfusion_ros.runtime.bundle import sha256_of
 
     checkpoint_sha = sha256_of(REPO / "models" / "fusion_default.pt")
     try:
@@ -190,7 +190,7 @@ def real_fusion_bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Pa
 
 def test_fused_output_matches_the_fuse_command(real_fusion_bundle: Path,
                                                shared_data: Path) -> None:
-    from tdfusion_ros.fuse import TorchFuser, fuse_images
+    from tdfusion_ros.tools.fuse import TorchFuser, fuse_images
 
     thermal, rgb = real_pair(shared_data)
     expected = fuse_images(TorchFuser(REPO / "models" / "fusion_default.pt", "cpu"), thermal,
@@ -340,7 +340,7 @@ def test_bad_bundles_name_the_file(tmp_path: Path) -> None:
         FusionPipeline(root, SETTINGS)
 
     def broken(bundle: object, name: str) -> object:
-        from tdfusion_ros.engines import EngineError
+        from tdfusion_ros.runtime.engines import EngineError
 
         raise EngineError("cannot run here")
 
@@ -364,7 +364,7 @@ def test_pipeline_imports_no_torch(tiny_bundle: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from tdfusion_ros.pipeline import FusionPipeline, PipelineSettings
+        from tdfusion_ros.runtime.pipeline import FusionPipeline, PipelineSettings
         p = FusionPipeline({str(tiny_bundle)!r}, PipelineSettings(backend="onnxruntime"))
         p.process(np.zeros((32, 32), np.uint16), np.zeros((32, 32, 3), np.uint8))
         heavy = sorted(m for m in ("torch", "ultralytics", "transformers") if m in sys.modules)
@@ -378,8 +378,8 @@ def test_pipeline_imports_no_torch(tiny_bundle: Path) -> None:
 @pytest.mark.parametrize("case", ["grey_thermal_colour_rgb", "grey_rgb", "colour_thermal"])
 def test_colour_handling_matches_the_colour_module(tiny_bundle: Path, case: str) -> None:
     """The pipeline's fast luma/colour path gives colour.prepare_pair/restore_colour's result."""
-    from tdfusion_ros.colour import prepare_pair, restore_colour
-    from tdfusion_ros.image_io import to_unit_float
+    from tdfusion_ros.runtime.colour import prepare_pair, restore_colour
+    from tdfusion_ros.runtime.image_io import to_unit_float
 
     rng = np.random.default_rng(4)
     thermal = rng.integers(0, 256, (72, 96), dtype=np.uint8)

@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from ultralytics.data.augment import LetterBox
 from ultralytics.utils import nms, ops
 
-from tdfusion_ros.postprocess import (
+from tdfusion_ros.runtime.postprocess import (
     Detections,
     Letterbox,
     decode_yolo,
@@ -258,7 +258,7 @@ def test_class_map_equals_the_argmax_of_the_resized_planes(classes: int) -> None
 
 def test_runtime_module_imports_no_torch() -> None:
     code = (
-        "import sys, tdfusion_ros.postprocess\n"
+        "import sys, tdfusion_ros.runtime.postprocess\n"
         "bad = {'torch', 'ultralytics', 'transformers'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )

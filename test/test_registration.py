@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import yaml
 
-from tdfusion_ros.calibrate import (
+from tdfusion_ros.runtime.registration import (
+    Registration,
+    RegistrationConfig,
+    RegistrationError,
+    project,
+    suggest_crop,
+)
+from tdfusion_ros.tools.calibrate import (
     CalibrationError,
     combine_homographies,
     ecc_homography,
@@ -24,13 +31,6 @@ from tdfusion_ros.calibrate import (
     reprojection_errors,
     set_yaml_section,
     update_config_file,
-)
-from tdfusion_ros.registration import (
-    Registration,
-    RegistrationConfig,
-    RegistrationError,
-    project,
-    suggest_crop,
 )
 
 REPO = Path(__file__).resolve().parents[1]

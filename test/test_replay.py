@@ -24,8 +24,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tdfusion_ros import replay
-from tdfusion_ros.bag_builder import TimingConfig, build_from_pairs, build_from_scenes
+from tdfusion_ros.bags.builder import TimingConfig, build_from_pairs, build_from_scenes
+from tdfusion_ros.bags.reader import BagReader
+from tdfusion_ros.bags.replay.cli import main as replay_main
+from tdfusion_ros.bags.replay.common import EXIT_BAD_INPUT, EXIT_DAMAGED, ReplayError
+from tdfusion_ros.bags.replay.compare import compare_runs
+from tdfusion_ros.bags.replay.inputs import resolve_topics
+from tdfusion_ros.bags.replay.messages import fused_typestore
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (160, 128)
@@ -43,7 +48,7 @@ def _env() -> dict[str, str]:
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``python -m tdfusion_ros.replay ARGS`` in this process (main() returns the exit code)."""
-    code = replay.main([str(a) for a in args])
+    code = replay_main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -93,7 +98,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory, det_bag: Path,
     out = tmp_path_factory.mktemp("replay_runs") / "offline"
     script = textwrap.dedent(f"""
         import json, sys
-        from tdfusion_ros.replay import main
+        from tdfusion_ros.bags.replay.cli import main
         code = main({[str(det_bag), "--bundle", str(tiny_bundle), "--out", str(out),
                       "--offset-from-bag", "--png", "--metrics-frames", "3"]!r})
         heavy = sorted(m for m in ("torch", "ultralytics", "transformers") if m in sys.modules)
@@ -255,14 +260,14 @@ def test_map_conf_changes_what_is_scored_not_what_is_published(
     for rel in ("detections.json", "fused_bag/fused_bag.mcap"):
         assert (offline["out"] / rel).read_bytes() == (tmp_path / "o" / rel).read_bytes(), rel
     with pytest.raises(SystemExit):
-        replay.main([str(det_bag), "--map-conf", "1.5", "--out", str(tmp_path / "bad")])
+        replay_main([str(det_bag), "--map-conf", "1.5", "--out", str(tmp_path / "bad")])
     assert "--map-conf must be in [0, 1]" in capsys.readouterr().err
 
 
 def test_last_detector_output_decoded_lower_adds_low_scores_and_keeps_the_published_ones(
         tiny_bundle: Path, shared_data: Path) -> None:
-    from tdfusion_ros.pipeline import FusionPipeline, PipelineSettings
-    from tdfusion_ros.postprocess import decode_yolo
+    from tdfusion_ros.runtime.pipeline import FusionPipeline, PipelineSettings
+    from tdfusion_ros.runtime.postprocess import decode_yolo
 
     from .test_pipeline import real_pair
 
@@ -389,7 +394,7 @@ def test_compare_runs_detects_differences(offline: dict, tmp_path: Path) -> None
     """The live comparison can fail: a changed pixel, a changed box and a missing pair."""
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-    store = replay.fused_typestore()
+    store = fused_typestore()
     src = offline["out"] / "fused_bag"
     dst = tmp_path / "altered"
     with Reader(src) as reader:
@@ -414,27 +419,27 @@ def test_compare_runs_detects_differences(offline: dict, tmp_path: Path) -> None
                 data = store.serialize_cdr(msg, conn.msgtype)
             writer.write(conns[conn.id], timestamp, data)
         writer.close()
-    result = replay.compare_runs(src, dst)
+    result = compare_runs(src, dst)
     assert result["both"] == N_PAIRS - 1 and result["skipped_by_node"] == 1
     assert result["images_equal"] == N_PAIRS - 2 and result["image_max_abs_diff"] == 3
     assert result["detections_equal"] == N_PAIRS - 2
     assert result["segmentation_equal"] == N_PAIRS - 1
     assert not result["agree"] and len(result["mismatches"]) == 2
-    same = replay.compare_runs(src, src)
+    same = compare_runs(src, src)
     assert same["agree"] and same["both"] == N_PAIRS and same["image_max_abs_diff"] == 0
 
 
 def test_topics_are_resolved_or_listed() -> None:
-    from tdfusion_ros.bag_reader import TopicInfo
+    from tdfusion_ros.bags.reader import TopicInfo
 
     image = "sensor_msgs/msg/Image"
     topics = [TopicInfo("/boson/lwir/image", image, 3), TopicInfo("/cam/color/image", image, 9),
               TopicInfo("/imu", "sensor_msgs/msg/Imu", 90)]
-    assert replay.resolve_topics(topics, None, None) == ("/boson/lwir/image", "/cam/color/image")
-    assert replay.resolve_topics(topics, "/a", "/b") == ("/a", "/b")
+    assert resolve_topics(topics, None, None) == ("/boson/lwir/image", "/cam/color/image")
+    assert resolve_topics(topics, "/a", "/b") == ("/a", "/b")
     two = [TopicInfo("/left/image", image, 3), TopicInfo("/right/image", image, 3)]
-    with pytest.raises(replay.ReplayError, match="--thermal-topic") as err:
-        replay.resolve_topics(two, None, None)
+    with pytest.raises(ReplayError, match="--thermal-topic") as err:
+        resolve_topics(two, None, None)
     assert "/left/image" in str(err.value) and "/right/image" in str(err.value)
 
 
@@ -488,13 +493,13 @@ def test_truncated_bag_is_processed_up_to_the_damage(det_bag: Path, tiny_bundle:
     assert "damaged" in s["bag"]["damage"]
     assert "damaged" in (tmp_path / "o" / "report.html").read_text()
     code, _, _ = run_cli([*args, "--out", tmp_path / "o2", "--fail-on-damage"], capsys)
-    assert code == replay.EXIT_DAMAGED
+    assert code == EXIT_DAMAGED
 
 
 def _write_bag(path: Path, topics: dict[str, str], messages: list[tuple[str, int, bytes]]) -> Path:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    store = replay.fused_typestore()
+    store = fused_typestore()
     writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.open()
     conns = {t: writer.add_connection(t, ty, typestore=store) for t, ty in topics.items()}
@@ -507,13 +512,13 @@ def _write_bag(path: Path, topics: dict[str, str], messages: list[tuple[str, int
 def test_bad_inputs_exit_non_zero_with_a_clear_message(det_bag: Path, tiny_bundle: Path,
                                                        tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    store = replay.fused_typestore()
+    store = fused_typestore()
     base = ["--bundle", tiny_bundle, "--offset-from-bag"]
 
     def fails(bag: Path | str, *extra: object) -> str:
         code, _, err = run_cli([bag, *base, "--out", tmp_path / f"o{len(list(tmp_path.iterdir()))}",
                                 *extra], capsys)
-        assert code == replay.EXIT_BAD_INPUT, err
+        assert code == EXIT_BAD_INPUT, err
         assert err.startswith("error: ") and "Traceback" not in err
         return err
 
@@ -529,7 +534,7 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(det_bag: Path, tiny_bundl
     # unknown message type on the thermal topic
     text = store.serialize_cdr(store.types["std_msgs/msg/String"](data="hot"),
                                "std_msgs/msg/String")
-    with replay.BagReader(det_bag, ["/rgb/image_raw"]) as reader:
+    with BagReader(det_bag, ["/rgb/image_raw"]) as reader:
         rgb = [(m.topic, m.receive_ns, bytes(m.raw)) for m in reader.messages(decode=False)][:3]
     typed = _write_bag(tmp_path / "typed", {"/thermal/image_raw": "std_msgs/msg/String",
                                             "/rgb/image_raw": "sensor_msgs/msg/Image"},
@@ -543,7 +548,7 @@ def test_bad_inputs_exit_non_zero_with_a_clear_message(det_bag: Path, tiny_bundl
     (plugin / "metadata.yaml").write_text(yaml.safe_dump(meta))
     assert "storage plugin 'rosbag_v2'" in fails(plugin)
     # ambiguous topics: listed, with the option to pass
-    with replay.BagReader(det_bag, None) as reader:
+    with BagReader(det_bag, None) as reader:
         raw = [(m.topic, m.receive_ns, bytes(m.raw)) for m in reader.messages(decode=False)][:4]
     renamed = {"/thermal/image_raw": "/cam_a/image", "/rgb/image_raw": "/cam_b/image"}
     odd = _write_bag(tmp_path / "odd", {v: "sensor_msgs/msg/Image" for v in renamed.values()},
@@ -564,8 +569,8 @@ def test_every_dropped_message_is_counted_by_stream_and_cause(det_bag: Path, tin
     data, and a thermal stamp going backwards: each counted under the node's cause name."""
     import dataclasses
 
-    store = replay.fused_typestore()
-    with replay.BagReader(det_bag, None) as reader:
+    store = fused_typestore()
+    with BagReader(det_bag, None) as reader:
         raw = [(m.topic, m.receive_ns, bytes(m.raw)) for m in reader.messages(decode=False)]
     thermal = [i for i, (topic, _, _) in enumerate(raw) if topic == "/thermal/image_raw"]
     rgb = [i for i, (topic, _, _) in enumerate(raw) if topic == "/rgb/image_raw"]

@@ -13,7 +13,7 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
-from tdfusion_ros.ros_image import (
+from tdfusion_ros.ros.ros_image import (
     ENCODINGS,
     ImageConversionError,
     array_to_compressed,

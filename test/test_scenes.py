@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tdfusion_ros import scenes
 from tdfusion_ros.scenes import (
     DETECTION_CLASSES,
     DETECTION_TO_SEGMENTATION,
@@ -21,6 +20,7 @@ from tdfusion_ros.scenes import (
     scene_seed,
     write_dataset,
 )
+from tdfusion_ros.scenes import generator as scenes
 
 SIZE = (120, 160)  # small scenes keep the statistical tests fast
 SEEDS = range(40)

@@ -27,7 +27,7 @@ import torch
 import torchvision  # noqa: F401 - ultralytics' NMS uses torchvision's once it is loaded
 from ultralytics.utils import nms, ops
 
-from tdfusion_ros.postprocess import decode_yolo, detector_input, segmenter_input
+from tdfusion_ros.runtime.postprocess import decode_yolo, detector_input, segmenter_input
 
 from .test_postprocess import assert_same_detections
 

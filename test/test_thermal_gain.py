@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tdfusion_ros.thermal_gain import GainConfig, ThermalGain, percentile_limits
+from tdfusion_ros.runtime.thermal_gain import GainConfig, ThermalGain, percentile_limits
 
 
 @pytest.fixture(scope="module")

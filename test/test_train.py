@@ -63,7 +63,7 @@ def test_trains_end_to_end(tmp_path: Path, task: str) -> None:
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert any((out / "tb").iterdir())
     # the fusion network it wrote loads with the ordinary loader
-    from tdfusion_ros.checkpoints import load_network
+    from tdfusion_ros.nets.checkpoints import load_network
     load_network(out / "fusion.pt", "fusion")
     # and the run exports to a bundle the runtime loads, task graph included
     bundle_dir = tmp_path / "bundle"
@@ -71,7 +71,7 @@ def test_trains_end_to_end(tmp_path: Path, task: str) -> None:
                     "--task", str(out / "task.pt"), "--out", str(bundle_dir),
                     "--check-crop", "64x96"])
     assert exported.returncode == 0, exported.stderr[-3000:]
-    from tdfusion_ros.bundle import load_bundle
+    from tdfusion_ros.runtime.bundle import load_bundle
     graph = "segmenter" if task == "segmentation" else "detector"
     bundle = load_bundle(bundle_dir)
     assert bundle.graph(graph).path.is_file()

@@ -98,8 +98,8 @@ def g_statistics(loss_generation: Path, recipe: Any) -> dict[str, Any]:
     import torch
     from scipy.stats import spearmanr
 
-    from tdfusion_ros.checkpoints import load_network
-    from tdfusion_ros.networks import LossGenerationNet
+    from tdfusion_ros.nets.checkpoints import load_network
+    from tdfusion_ros.nets.networks import LossGenerationNet
     from training.config import load_config
     from training.datasets import resize_plane
     from training.labelled_pairs import labelled_pairs

@@ -25,10 +25,10 @@ Layouts (read in place, never copied; all names are file stems shared by the mod
   ``scenes.write_dataset`` with the same count, seed, size and night fraction.
 
 Samples (``Sample``): ``ir_y``/``vis_y`` float32 (H, W) in [0, 1] from
-``tdfusion_ros.colour.prepare_pair`` (16-bit images: full range, or 1st-99th percentile with
+``tdfusion_ros.runtime.colour.prepare_pair`` (16-bit images: full range, or 1st-99th percentile with
 ``stretch16``), and the target: a segmentation label map (H, W) int64 (``IGNORE_INDEX`` 255
 is ignored by the loss), or boxes (N, 5) float32 rows (class, x1, y1, x2, y2) in pixels with
-x2, y2 exclusive (as ``tdfusion_ros.scenes`` and ``detection_metrics``).
+x2, y2 exclusive (as ``tdfusion_ros.scenes`` and ``metrics.detection``).
 
 Batches for Algorithm 1 (``collate_samples``, a ``meta_learning.Batch``):
 
@@ -69,8 +69,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from tdfusion_ros import scenes
-from tdfusion_ros.colour import prepare_pair
-from tdfusion_ros.image_io import (
+from tdfusion_ros.runtime.colour import prepare_pair
+from tdfusion_ros.runtime.image_io import (
     IMAGE_SUFFIXES,
     ImagePairError,
     read_image,

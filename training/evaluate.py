@@ -49,9 +49,17 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tdfusion_ros.checkpoints import CheckpointError, load_network, read_checkpoint  # noqa: E402
-from tdfusion_ros.colour import prepare_pair, to_uint8  # noqa: E402
-from tdfusion_ros.fuse import (  # noqa: E402
+from tdfusion_ros.metrics.fusion import fusion_metrics  # noqa: E402
+from tdfusion_ros.nets.checkpoints import CheckpointError, load_network, read_checkpoint  # noqa: E402
+from tdfusion_ros.runtime.colour import prepare_pair, to_uint8  # noqa: E402
+from tdfusion_ros.runtime.image_io import (  # noqa: E402
+    ImagePairError,
+    PairPaths,
+    list_pairs,
+    read_image,
+    read_pairs,
+)
+from tdfusion_ros.tools.fuse import (  # noqa: E402
     FusedPair,
     TorchFuser,
     fuse_images,
@@ -59,14 +67,6 @@ from tdfusion_ros.fuse import (  # noqa: E402
     pick_device,
     write_png,
 )
-from tdfusion_ros.image_io import (  # noqa: E402
-    ImagePairError,
-    PairPaths,
-    check_pair,
-    list_pairs,
-    read_image,
-)
-from tdfusion_ros.metrics import fusion_metrics  # noqa: E402
 
 FUSION_METRICS = ("EN", "SF", "SCD", "VIF", "Qabf", "SSIM")
 TASK_METRICS = {"detection": ("mAP50", "mAP50-95"), "segmentation": ("mIoU", "mAcc")}
@@ -341,7 +341,7 @@ class TaskEvaluator:
 
     def __init__(self, specs: Sequence[str], dataset: Dataset, device: torch.device,
                  input_size: tuple[int, int] | None = None) -> None:
-        from tdfusion_ros.metrics import ConfusionMatrix
+        from tdfusion_ros.metrics.segmentation import ConfusionMatrix
 
         self.device = device
         self.dataset = dataset
@@ -406,7 +406,7 @@ class TaskEvaluator:
 
     def results(self) -> dict[str, dict[str, float]]:
         """{method: {"mAP50", "mAP50-95", "mAP75", "mIoU", "mAcc"}} for the tasks given."""
-        from tdfusion_ros.detection_metrics import detection_metrics
+        from tdfusion_ros.metrics.detection import detection_metrics
 
         out: dict[str, dict[str, float]] = {}
         for method, preds in self.predictions.items():
@@ -633,14 +633,7 @@ def evaluate(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     map_rows: list[dict[str, Any]] = []
     failed: list[str] = []
-    for index, pair in enumerate(dataset.pairs, 1):
-        try:
-            ir, vis = read_image(pair.ir), read_image(pair.vis)
-            check_pair(ir, vis, str(pair.ir), str(pair.vis))
-        except ImagePairError as err:
-            print(f"skipped {pair.name}: {err}", file=sys.stderr)
-            failed.append(pair.name)
-            continue
+    for index, pair, ir, vis in read_pairs(dataset.pairs, failed):
         sources = prepare_pair(load_unit_float(ir, args.stretch16),
                                load_unit_float(vis, args.stretch16))
         ir8, vis8 = to_uint8(sources.ir_y), to_uint8(sources.vis_y)

@@ -55,15 +55,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tdfusion_ros.bundle import sha256_of, write_bundle  # noqa: E402
-from tdfusion_ros.checkpoints import CheckpointError, load_network  # noqa: E402
-from tdfusion_ros.colour import prepare_pair  # noqa: E402
-from tdfusion_ros.image_io import read_image, to_unit_float  # noqa: E402
-from tdfusion_ros.networks import (  # noqa: E402
+from tdfusion_ros.nets.checkpoints import CheckpointError, load_network  # noqa: E402
+from tdfusion_ros.nets.networks import (  # noqa: E402
     CrossAttentionFusion,
     FusionNet,
     RestormerBlock,
 )
+from tdfusion_ros.runtime.bundle import sha256_of, write_bundle  # noqa: E402
+from tdfusion_ros.runtime.colour import prepare_pair  # noqa: E402
+from tdfusion_ros.runtime.image_io import read_image, to_unit_float  # noqa: E402
 
 FUSION_FILE = "fusion.onnx"
 FUSION_INPUTS = ("ir", "vis")
@@ -293,7 +293,7 @@ def check_fusion_onnx(net: FusionNet, path: str | Path,
 
     Raises FusionExportError above ``tolerance``.
     """
-    from tdfusion_ros.engines import create_engine
+    from tdfusion_ros.runtime.engines import create_engine
 
     engine = create_engine(path, "onnxruntime", name="fusion")
     worst, per_pair = 0.0, {}

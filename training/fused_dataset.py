@@ -26,8 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tdfusion_ros.bundle import sha256_of
-from tdfusion_ros.colour import to_uint8
+from tdfusion_ros.runtime.bundle import sha256_of
+from tdfusion_ros.runtime.colour import to_uint8
 from tdfusion_ros.scenes import yolo_lines
 from training.labelled_pairs import labelled_pairs
 
@@ -77,8 +77,8 @@ def _fuser(source: str, threads: int, work: Path):
         return lambda ir, vis: ir
     if source == "vis":
         return lambda ir, vis: vis
-    from tdfusion_ros.checkpoints import load_network
-    from tdfusion_ros.engines import create_engine
+    from tdfusion_ros.nets.checkpoints import load_network
+    from tdfusion_ros.runtime.engines import create_engine
     from training.export import FUSION_OUTPUT, export_fusion
 
     onnx_path = work / "fusion.onnx"

@@ -5,8 +5,9 @@ returned, so a bundle never holds a graph that disagrees with the network it cam
 
 * detector: the raw head output (1, 4 + nc, anchors) that ``DetectionModel`` returns in eval
   mode before NMS (box centre x, y, width, height in input pixels, then per-class sigmoid
-  scores); max abs difference <= 1e-3. NMS stays outside the graph (``tdfusion_ros.postprocess``)
-  so one graph serves every threshold and TensorRT needs no NMS plugin.
+  scores); max abs difference <= 1e-3. NMS stays outside the graph
+  (``tdfusion_ros.runtime.postprocess``) so one graph serves every threshold and TensorRT needs
+  no NMS plugin.
 * segmenter: logits (1, C, H/4, W/4), not a class map: a quarter-size float map is smaller to
   copy off a GPU than a full-size int64 map, and the runtime can still choose the output size.
   Class maps (bilinear upsampling to the source size, then argmax) must agree on >= 99.9 % of
@@ -43,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdfusion_ros.colour import split_luma
-from tdfusion_ros.image_io import read_image, to_unit_float
-from tdfusion_ros.postprocess import (
+from tdfusion_ros.runtime.colour import split_luma
+from tdfusion_ros.runtime.image_io import read_image, to_unit_float
+from tdfusion_ros.runtime.postprocess import (
     MAX_WH,
     PAD_GREY,
     detector_input,

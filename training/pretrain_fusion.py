@@ -21,10 +21,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tdfusion_ros.checkpoints import save_network  # noqa: E402
-from tdfusion_ros.colour import prepare_pair  # noqa: E402
-from tdfusion_ros.image_io import to_unit_float  # noqa: E402
-from tdfusion_ros.networks import FusionNet  # noqa: E402
+from tdfusion_ros.nets.checkpoints import save_network  # noqa: E402
+from tdfusion_ros.nets.networks import FusionNet  # noqa: E402
+from tdfusion_ros.runtime.colour import prepare_pair  # noqa: E402
+from tdfusion_ros.runtime.image_io import to_unit_float  # noqa: E402
 from tdfusion_ros.scenes import generate_scene  # noqa: E402
 from training.fusion_loss import fusion_loss  # noqa: E402
 

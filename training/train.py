@@ -32,8 +32,8 @@ import torch.distributed as dist
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tdfusion_ros.checkpoints import load_network, save_network  # noqa: E402
-from tdfusion_ros.networks import FusionNet, LossGenerationNet  # noqa: E402
+from tdfusion_ros.nets.checkpoints import load_network, save_network  # noqa: E402
+from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet  # noqa: E402
 from training import datasets  # noqa: E402
 from training.config import TrainConfig, config_from_checkpoint, load_config  # noqa: E402
 from training.datasets import FusionBatch  # noqa: E402

@@ -15,7 +15,7 @@ check otherwise fetches Arial.ttf), ``amp=False`` (the AMP check fetches a model
 
 Evaluation (``evaluate_detector``) is the deployed path's: the fused image resized to the input
 size and padded at the bottom/right (``DetectionTask.predict``), COCO mAP through pycocotools on
-the validation split (``tdfusion_ros.detection_metrics``), conf 0.001 and NMS IoU 0.7 as
+the validation split (``tdfusion_ros.metrics.detection``), conf 0.001 and NMS IoU 0.7 as
 ultralytics' validator.
 """
 
@@ -37,7 +37,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tdfusion_ros.detection_metrics import detection_metrics  # noqa: E402
+from tdfusion_ros.metrics.detection import detection_metrics  # noqa: E402
 from training.datasets import read_yolo_boxes  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402

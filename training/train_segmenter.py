@@ -12,7 +12,7 @@ the road. Checkpoints every epoch; re-running the same command resumes. The resu
 ``task.pt`` record as ``training/train.py`` writes, which ``training/export.py --task`` exports.
 
 Evaluation: logits at the input size, upsampled to the image (bilinear) and argmaxed, per-class
-IoU over the validation split (``tdfusion_ros.metrics.ConfusionMatrix``).
+IoU over the validation split (``tdfusion_ros.metrics.segmentation.ConfusionMatrix``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tdfusion_ros.metrics import ConfusionMatrix  # noqa: E402
+from tdfusion_ros.metrics.segmentation import ConfusionMatrix  # noqa: E402
 from training.datasets import IGNORE_INDEX  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402

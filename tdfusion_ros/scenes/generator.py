@@ -31,23 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = [
-    "DETECTION_CLASSES",
-    "DETECTION_TO_SEGMENTATION",
-    "IR16_BASE",
-    "IR16_GAIN",
-    "MIN_SIZE",
-    "NIGHT_HIDDEN_PROB",
-    "SEGMENTATION_CLASSES",
-    "Scene",
-    "generate_scene",
-    "main",
-    "scene_name",
-    "scene_seed",
-    "write_dataset",
-    "yolo_lines",
-]
-
 #: Segmentation class ids (index = value in ``Scene.mask``). "sign" is visible-only like
 #: "marking": traffic signs and their poles, which the infrared sees as the background.
 SEGMENTATION_CLASSES = ("background", "road", "person", "car", "marking", "sign")

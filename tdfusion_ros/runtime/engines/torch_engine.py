@@ -11,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from tdfusion_ros.engines.base import BackendUnavailableError, Engine, EngineError, TensorSpec
+from tdfusion_ros.runtime.engines.base import (
+    BackendUnavailableError,
+    Engine,
+    EngineError,
+    TensorSpec,
+)
 
 
 class TorchEngine(Engine):

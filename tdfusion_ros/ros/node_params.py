@@ -23,11 +23,11 @@ from typing import Any
 import yaml
 
 from tdfusion_ros import paths
-from tdfusion_ros.pairing import PairingConfig, seconds_to_ns
-from tdfusion_ros.pipeline import DEVICES, NODE_BACKENDS, PRECISIONS, PipelineSettings
-from tdfusion_ros.registration import IDENTITY, RegistrationConfig, RegistrationError
-from tdfusion_ros.thermal_gain import MODES as GAIN_MODES
-from tdfusion_ros.thermal_gain import GainConfig
+from tdfusion_ros.runtime.pairing import PairingConfig, seconds_to_ns
+from tdfusion_ros.runtime.pipeline import DEVICES, NODE_BACKENDS, PRECISIONS, PipelineSettings
+from tdfusion_ros.runtime.registration import IDENTITY, RegistrationConfig, RegistrationError
+from tdfusion_ros.runtime.thermal_gain import MODES as GAIN_MODES
+from tdfusion_ros.runtime.thermal_gain import GainConfig
 
 PACKAGE = "tdfusion_ros"
 EXECUTABLE = "fusion_node"

@@ -35,19 +35,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tdfusion_ros.bundle import Bundle, BundleError, GraphSpec, bundle_file_of, load_bundle
-from tdfusion_ros.colour import is_colour, prepare_pair, restore_colour
-from tdfusion_ros.engines import BACKENDS, EngineError
-from tdfusion_ros.image_io import to_unit_float
-from tdfusion_ros.postprocess import (
+from tdfusion_ros.runtime.bundle import Bundle, BundleError, GraphSpec, bundle_file_of, load_bundle
+from tdfusion_ros.runtime.colour import is_colour, prepare_pair, restore_colour
+from tdfusion_ros.runtime.engines import BACKENDS, EngineError
+from tdfusion_ros.runtime.image_io import to_unit_float
+from tdfusion_ros.runtime.postprocess import (
     Detections,
     decode_yolo,
     detector_input,
     segmentation_class_map,
     segmenter_input,
 )
-from tdfusion_ros.registration import Registration, RegistrationConfig, RegistrationError
-from tdfusion_ros.thermal_gain import GainConfig, ThermalGain
+from tdfusion_ros.runtime.registration import Registration, RegistrationConfig, RegistrationError
+from tdfusion_ros.runtime.thermal_gain import GainConfig, ThermalGain
 
 FUSION = "fusion"
 THERMAL_ONLY = "thermal_only"
@@ -273,7 +273,7 @@ def _ms(start: float) -> float:
 
 
 def _default_engine_factory(settings: PipelineSettings) -> EngineFactory:
-    from tdfusion_ros.bundle import engine_for
+    from tdfusion_ros.runtime.bundle import engine_for
 
     options: dict[str, Any] = {"device": settings.device, "spin": settings.spin,
                                "precision": settings.precision}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from tdfusion_ros.engines.base import BackendUnavailableError, EngineError
+from tdfusion_ros.runtime.engines.base import BackendUnavailableError, EngineError
 
 CUDA_SUCCESS = 0
 CUDA_ERROR_OUT_OF_MEMORY = 2

@@ -27,8 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from tdfusion_ros.engines.base import BackendUnavailableError, Engine, EngineError, TensorSpec
-from tdfusion_ros.engines.cuda_driver import (
+from tdfusion_ros.runtime.engines.base import (
+    BackendUnavailableError,
+    Engine,
+    EngineError,
+    TensorSpec,
+)
+from tdfusion_ros.runtime.engines.cuda_driver import (
     CudaContext,
     GpuInfo,
     GpuOutOfMemoryError,
@@ -372,8 +377,8 @@ class TensorRTEngine(Engine):
         """
         import cv2
 
-        from tdfusion_ros.colour import prepare_pair
-        from tdfusion_ros.image_io import read_image, to_unit_float
+        from tdfusion_ros.runtime.colour import prepare_pair
+        from tdfusion_ros.runtime.image_io import read_image, to_unit_float
 
         assert self._calibration is not None
         ir_dir, vis_dir = self._calibration / "ir", self._calibration / "vi"

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from tdfusion_ros.engines.base import TensorSpec
+from tdfusion_ros.runtime.engines.base import TensorSpec
 
 BUNDLE_FILE = "bundle.yaml"
 FORMAT = "tdfusion_ros.bundle"
@@ -316,7 +316,7 @@ def write_bundle(root: str | Path, graphs: Mapping[str, Mapping[str, Any]],
 
 def engine_for(bundle: Bundle, name: str, backend: str = "auto", **options: Any) -> Any:
     """Create an engine for one graph of a verified bundle (see ``engines.create_engine``)."""
-    from tdfusion_ros.engines import create_engine
+    from tdfusion_ros.runtime.engines import create_engine
 
     spec = bundle.graph(name)
     return create_engine(spec.path, backend, name=name, **options)

@@ -111,7 +111,7 @@ def _unit_float(image: np.ndarray) -> np.ndarray:
     if not np.issubdtype(image.dtype, np.floating):
         raise ValueError(
             f"expected a float image in [0, 1], got {image.dtype}; "
-            "convert with tdfusion_ros.image_io.to_unit_float"
+            "convert with tdfusion_ros.runtime.image_io.to_unit_float"
         )
     return image.astype(np.float32, copy=False)
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from tdfusion_ros.networks import FusionNet, LossGenerationNet
+from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet
 
 FORMAT = "tdfusion_ros"
 FORMAT_VERSION = 1

@@ -1,6 +1,6 @@
 """Stream camera images out of a rosbag2 bag (folder, .mcap or .db3) for the offline replay.
 
-    python -m tdfusion_ros.bag_reader BAG [--topic T ...]   # topics, counts, a full read-through
+    python -m tdfusion_ros.bags.reader BAG [--topic T ...]   # topics, counts, a full read-through
 
 Why: the replay reads bags recorded on a robot, which can be long (constant memory), cut short
 by a crash or a full disk (keep what is there and say where it ends), or simply not what the
@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import yaml
 
-from tdfusion_ros.ros_image import (
+from tdfusion_ros.ros.ros_image import (
     DECODE_FAILED,
     ImageConversionError,
     classify_conversion_error,
@@ -788,7 +788,7 @@ def read_images(path: str | Path, topics: Sequence[str] | None = None, *,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """List a bag's topics and read the image topics through; exit 1 on errors or damage."""
-    parser = argparse.ArgumentParser(prog="python -m tdfusion_ros.bag_reader",
+    parser = argparse.ArgumentParser(prog="python -m tdfusion_ros.bags.reader",
                                      description="Topics of a bag and a full read-through.")
     parser.add_argument("bag", type=Path)
     parser.add_argument("--topic", action="append", help="image topic to read (repeatable)")

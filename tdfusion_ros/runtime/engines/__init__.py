@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tdfusion_ros.engines.base import (
+from tdfusion_ros.runtime.engines.base import (
     BackendUnavailableError,
     Engine,
     EngineError,
@@ -41,15 +41,15 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
 def _tensorrt_reason(device_id: int) -> str:
-    from tdfusion_ros.engines.tensorrt_engine import tensorrt_status
+    from tdfusion_ros.runtime.engines.tensorrt_engine import tensorrt_status
 
     gpu, why = tensorrt_status(device_id)
     return "" if gpu is not None else why
 
 
 def _ort_cuda_reason(device_id: int) -> str:
-    from tdfusion_ros.engines.cuda_driver import probe_gpu
-    from tdfusion_ros.engines.onnxruntime_engine import cuda_provider_available
+    from tdfusion_ros.runtime.engines.cuda_driver import probe_gpu
+    from tdfusion_ros.runtime.engines.onnxruntime_engine import cuda_provider_available
 
     available, why = cuda_provider_available()
     if not available:
@@ -73,7 +73,7 @@ def available_backends(device_id: int = 0) -> dict[str, str]:
 
 
 def _verify_hash(path: Path, expected_sha256: str) -> None:
-    from tdfusion_ros.engines.tensorrt_engine import file_sha256
+    from tdfusion_ros.runtime.engines.tensorrt_engine import file_sha256
 
     actual = file_sha256(path)
     if actual != expected_sha256.lower():
@@ -122,14 +122,14 @@ def create_engine(
                    "name": name}
 
     if backend == "onnxruntime":
-        from tdfusion_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
+        from tdfusion_ros.runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
 
         engine: Engine = OnnxRuntimeEngine(path, device=device, device_id=device_id,
                                            **ort_options)
         engine.selection = f"requested onnxruntime on {device}"
         return engine
     if backend == "tensorrt":
-        from tdfusion_ros.engines.tensorrt_engine import TensorRTEngine
+        from tdfusion_ros.runtime.engines.tensorrt_engine import TensorRTEngine
 
         engine = TensorRTEngine(path, precision=precision, device_id=device_id,
                                 cache_dir=cache_dir, input_shapes=input_shapes,
@@ -142,7 +142,7 @@ def create_engine(
     skipped = []
     why = _tensorrt_reason(device_id)
     if not why:
-        from tdfusion_ros.engines.tensorrt_engine import TensorRTEngine
+        from tdfusion_ros.runtime.engines.tensorrt_engine import TensorRTEngine
 
         engine = TensorRTEngine(path, precision=precision, device_id=device_id,
                                 cache_dir=cache_dir, input_shapes=input_shapes,
@@ -151,7 +151,7 @@ def create_engine(
         return engine
     skipped.append(f"tensorrt skipped ({why})")
     why = _ort_cuda_reason(device_id)
-    from tdfusion_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from tdfusion_ros.runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
 
     if not why:
         engine = OnnxRuntimeEngine(path, device="cuda", device_id=device_id, **ort_options)
@@ -167,9 +167,9 @@ def _torch_engine(path: Path, module: Any, device: str, name: str | None) -> Eng
     if module is None:
         raise EngineError("backend 'torch' runs the PyTorch module the graph was exported "
                           "from, not the ONNX file: pass torch_module=... (for the fusion "
-                          "graph, tdfusion_ros.checkpoints.load_network(checkpoint))")
-    from tdfusion_ros.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from tdfusion_ros.engines.torch_engine import TorchEngine
+                          "graph, tdfusion_ros.nets.checkpoints.load_network(checkpoint))")
+    from tdfusion_ros.runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from tdfusion_ros.runtime.engines.torch_engine import TorchEngine
 
     # The ONNX file still defines the interface, so a torch engine is a drop-in for the others.
     reference = OnnxRuntimeEngine(path, optimisation="disable", threads=1)

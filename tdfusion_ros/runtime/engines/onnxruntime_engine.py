@@ -33,7 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from tdfusion_ros.engines.base import BackendUnavailableError, Engine, EngineError, TensorSpec
+from tdfusion_ros.runtime.engines.base import (
+    BackendUnavailableError,
+    Engine,
+    EngineError,
+    TensorSpec,
+)
 
 OPTIMISATION_LEVELS = ("disable", "basic", "extended", "all")
 MAX_SPECIALISED_SESSIONS = 4

@@ -5,6 +5,8 @@ No torch here: the runtime node and the offline tools share this module.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +106,20 @@ def list_pairs(ir: str | Path, vis: str | Path) -> list[PairPaths]:
     if not ir_files:
         raise ImagePairError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {ir}")
     return [PairPaths(name, ir_files[name], vis_files[name]) for name in sorted(ir_files)]
+
+
+def read_pairs(pairs: Sequence[PairPaths],
+               refused: list[str]) -> Iterator[tuple[int, PairPaths, np.ndarray, np.ndarray]]:
+    """(index from 1, pair, infrared, visible) for every pair that reads and is pixel-aligned.
+
+    A pair that does not is reported on stderr as skipped and its name appended to ``refused``.
+    """
+    for index, pair in enumerate(pairs, 1):
+        try:
+            ir, vis = read_image(pair.ir), read_image(pair.vis)
+            check_pair(ir, vis, str(pair.ir), str(pair.vis))
+        except ImagePairError as err:
+            print(f"skipped {pair.name}: {err}", file=sys.stderr)
+            refused.append(pair.name)
+            continue
+        yield index, pair, ir, vis

@@ -1,0 +1,367 @@
+"""Live mode: play the bag over DDS into the fusion node started as the launch file starts it,
+record what it publishes, and compare with the offline run.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tdfusion_ros.bags.reader import (
+    COMPRESSED_TYPE,
+    BagDamageWarning,
+    BagReader,
+)
+from tdfusion_ros.bags.replay.common import (
+    _END,
+    _SEC,
+    DETECTIONS_TYPE,
+    FUSED_DETECTIONS_TOPIC,
+    FUSED_IMAGE_TOPIC,
+    FUSED_SEGMENTATION_TOPIC,
+    IMAGE_TYPE,
+    REPO,
+    ReplayOptions,
+)
+from tdfusion_ros.bags.replay.compare import compare_runs
+from tdfusion_ros.bags.replay.inputs import _Setup
+from tdfusion_ros.bags.replay.messages import fused_typestore
+from tdfusion_ros.ros import node_params
+
+
+# =========================================================================== live mode
+def _default_domain_id() -> int:
+    return 1 + (os.getpid() * 13) % 200
+
+
+class _LiveRecorder:
+    """Subscribes to the node's outputs (raw CDR) and writes them to a bag in its own thread."""
+
+    def __init__(self, node: Any, path: Path, topics: dict[str, str], store: Any) -> None:
+        from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from sensor_msgs.msg import Image
+        from vision_msgs.msg import Detection2DArray
+
+        self.store = store
+        self.queue: queue.Queue = queue.Queue()
+        self.counts = {topic: 0 for topic in topics}
+        self.last_output = time.monotonic()
+        self.receive_wall: OrderedDict[int, float] = OrderedDict()  # image stamp -> wall time
+        self.writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        self.conns = {}
+        self.subs = []
+        qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=100,
+                         reliability=QoSReliabilityPolicy.RELIABLE)
+        for topic, msgtype in topics.items():
+            self.conns[topic] = self.writer.add_connection(topic, msgtype, typestore=store)
+            cls = Detection2DArray if msgtype == DETECTIONS_TYPE else Image
+            self.subs.append(node.create_subscription(
+                cls, topic, self._callback(topic), qos, raw=True))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="live_recorder", daemon=True)
+        self.thread.start()
+
+    def _callback(self, topic: str) -> Callable[[bytes], None]:
+        def on_message(data: bytes) -> None:
+            now = time.monotonic()
+            self.last_output = now
+            self.counts[topic] += 1
+            self.queue.put((topic, time.time_ns(), now, data))
+        return on_message
+
+    def _write(self) -> None:
+        from tdfusion_ros.bags.reader import _cdr_header
+
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            topic, wall_ns, mono, data = item
+            try:
+                if topic == FUSED_IMAGE_TOPIC:
+                    stamp, _ = _cdr_header(data)
+                    self.receive_wall[stamp] = mono
+                    while len(self.receive_wall) > 100000:
+                        self.receive_wall.popitem(last=False)
+                self.writer.write(self.conns[topic], wall_ns, data)
+            except BaseException as err:  # noqa: BLE001 - reported after the run
+                self.error = err
+
+    def publishers_matched(self) -> bool:
+        return all(sub.get_publisher_count() > 0 for sub in self.subs)
+
+    def close(self) -> None:
+        self.queue.put(_END)
+        self.thread.join()
+        self.writer.close()
+
+
+def _node_counters(msg: Any) -> dict[str, str]:
+    """Every key/value of the node's last /diagnostics message, prefixed by its status."""
+    counters: dict[str, str] = {}
+    for status in msg.status:
+        for kv in status.values:
+            if kv.key != "note":
+                counters[f"{status.name.split(':')[-1].strip()}: {kv.key}"] = kv.value
+    return counters
+
+
+def run_live(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any]) -> dict[str, Any]:
+    """Play the bag into the node over DDS with /clock, record its outputs, compare them."""
+    live_dir = opts.out / "live"
+    live_dir.mkdir(parents=True, exist_ok=True)
+    domain = opts.domain_id if opts.domain_id is not None else _default_domain_id()
+    result: dict[str, Any] = {"speed": opts.speed, "domain_id": domain, "played": 0,
+                              "outputs": {}, "bag": str(live_dir / "fused_bag"),
+                              "node_log": str(live_dir / "node.log")}
+    pipe = setup.pipeline
+    out_topics = {FUSED_IMAGE_TOPIC: IMAGE_TYPE}
+    if pipe.detection_enabled:
+        out_topics[FUSED_DETECTIONS_TOPIC] = DETECTIONS_TYPE
+    if pipe.segmentation_enabled:
+        out_topics[FUSED_SEGMENTATION_TOPIC] = IMAGE_TYPE
+    try:
+        spec = node_params.launch_spec({
+            "config": str(setup.effective_config), "bundle": str(setup.bundle),
+            "use_sim_time": "true", "thermal_topic": setup.thermal_topic,
+            "rgb_topic": setup.rgb_topic})
+    except node_params.ParameterError as err:
+        result["error"] = f"cannot build the node's launch arguments: {err}"
+        return result
+    command = spec.command(list(opts.node_command or [sys.executable, "-m",
+                                                      "tdfusion_ros.node"]))
+    env = dict(os.environ)
+    env.update(spec.env)
+    env["ROS_DOMAIN_ID"] = str(domain)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+    env["PYTHONUNBUFFERED"] = "1"
+    result["node_command"] = " ".join(command)
+    result["note"] = (
+        f"The bag was played over DDS (ROS_DOMAIN_ID {domain}, Fast DDS large-data transport) "
+        f"at {opts.speed:g}x its recorded rate with /clock, into the fusion node started as "
+        "fusion.launch.py starts it (same parameters file, use_sim_time:=true). The node "
+        "processes the newest pair and skips the others when inference is slower than the "
+        "cameras; pairs both processed are compared with the offline outputs.")
+    for key, value in spec.env.items():
+        os.environ.setdefault(key, value)  # our participant needs the same transport
+    log_file = (live_dir / "node.log").open("w")
+    node_proc = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                 cwd=str(REPO), start_new_session=True)
+    opts.log(f"live: started the node (pid {node_proc.pid}, ROS_DOMAIN_ID {domain}); log "
+             f"{live_dir / 'node.log'}")
+    recorder = None
+    context = None
+    try:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=domain)
+        node = rclpy.create_node("tdfusion_replay_player", context=context)
+        store = fused_typestore()
+        recorder = _LiveRecorder(node, live_dir / "fused_bag", out_topics, store)
+        last_diag: list[Any] = [None, 0]
+
+        def on_diagnostics(msg: Any) -> None:
+            last_diag[0] = msg
+            last_diag[1] += 1
+
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        node.create_subscription(DiagnosticArray, node_params.DIAGNOSTICS_TOPIC,
+                                 on_diagnostics, 10)
+        total = offline["timing"]["stages"].get("total", {})
+        result["expected_ms"] = total.get("p99") or 0.0
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        spinner = threading.Thread(target=_spin, args=(executor, context), daemon=True)
+        spinner.start()
+        played, latency = _play(opts, setup, node, recorder, node_proc, result, last_diag)
+        result["played"] = played
+        if latency:
+            arr = np.asarray(latency)
+            result["latency_ms"] = {"p50": float(np.percentile(arr, 50)),
+                                    "p99": float(np.percentile(arr, 99)),
+                                    "mean": float(arr.mean()), "count": len(latency)}
+        if last_diag[0] is not None:
+            result["node_counters"] = _node_counters(last_diag[0])
+    except _LiveError as err:
+        result["error"] = str(err)
+    except Exception as err:  # noqa: BLE001 - the report says what happened
+        result["error"] = f"{type(err).__name__}: {err}"
+    finally:
+        result["node_exit"] = _stop_process(node_proc)
+        log_file.close()
+        if recorder is not None:
+            recorder.close()
+            result["outputs"] = {t.rsplit("/", 1)[-1]: n for t, n in recorder.counts.items()}
+            if recorder.error is not None and "error" not in result:
+                result["error"] = f"recording failed: {recorder.error}"
+        if context is not None:
+            try:
+                import rclpy
+
+                rclpy.try_shutdown(context=context)
+            except Exception:  # noqa: BLE001
+                pass
+    if "error" in result:
+        tail = (live_dir / "node.log").read_text(errors="replace")[-3000:]
+        result["node_log_tail"] = tail
+        opts.log(f"live: {result['error']}\nnode log (end):\n{tail}")
+        return result
+    offline_bag = Path(offline["outputs"]["bag"]) if offline["outputs"].get("bag") else None
+    if offline_bag is None:
+        result["error"] = "the offline run wrote no bag (--no-bag): nothing to compare with"
+        return result
+    result["comparison"] = compare_runs(offline_bag, live_dir / "fused_bag",
+                                        thermal16=bool(offline["frames"].get("thermal_16bit")))
+    cmp_ = result["comparison"]
+    opts.log(f"live: {cmp_['both']} pairs processed by both, {cmp_['skipped_by_node']} skipped "
+             f"by the node, images equal {cmp_['images_equal']}/{cmp_['both']}, detections "
+             f"equal {cmp_['detections_equal']}/{cmp_['detections_compared']}")
+    return result
+
+
+class _LiveError(Exception):
+    pass
+
+
+def _spin(executor: Any, context: Any) -> None:
+    try:
+        while context.ok():
+            executor.spin_once(timeout_sec=0.05)
+    except Exception:  # noqa: BLE001 - shutting down
+        pass
+
+
+def _stop_process(proc: subprocess.Popen) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+    return proc.returncode
+
+
+def _clock_msg(ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    sec, nanosec = divmod(int(ns), _SEC)
+    return Clock(clock=Time(sec=sec, nanosec=nanosec))
+
+
+def _play(opts: ReplayOptions, setup: _Setup, node: Any, recorder: _LiveRecorder,
+          node_proc: subprocess.Popen, result: dict[str, Any],
+          diagnostics: list[Any]) -> tuple[int, list[float]]:
+    """Wait for the node, play the bag in real time (scaled), wait for its last outputs."""
+    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import CompressedImage, Image
+
+    reader = BagReader(opts.bag, [setup.thermal_topic, setup.rgb_topic])
+    types = {t.name: t.msgtype for t in reader.topics}
+    qos = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                     reliability=QoSReliabilityPolicy.RELIABLE)
+    pubs = {topic: node.create_publisher(CompressedImage if types[topic] == COMPRESSED_TYPE
+                                         else Image, topic, qos)
+            for topic in (setup.thermal_topic, setup.rgb_topic)}
+    clock = node.create_publisher(Clock, "/clock", 10)
+    start_ns = reader.start_ns or 0
+    clock.publish(_clock_msg(start_ns))
+
+    # wait until the node is active: subscribed to both cameras, publishing its outputs
+    deadline = time.monotonic() + opts.live_timeout
+    while True:
+        if node_proc.poll() is not None:
+            raise _LiveError(f"the node exited with code {node_proc.returncode} before it was "
+                             "ready")
+        ready = (all(p.get_subscription_count() > 0 for p in pubs.values())
+                 and recorder.publishers_matched())
+        if ready:
+            break
+        if time.monotonic() > deadline:
+            raise _LiveError(f"the node was not ready after {opts.live_timeout:g} s (no "
+                             "subscription to the camera topics or no outputs advertised)")
+        clock.publish(_clock_msg(start_ns))
+        time.sleep(0.1)
+    for _ in range(5):  # let both directions finish discovery
+        clock.publish(_clock_msg(start_ns))
+        time.sleep(0.1)
+
+    # play
+    speed = opts.speed
+    sent: OrderedDict[int, float] = OrderedDict()  # RGB stamp -> wall time published
+    played = 0
+    t0_bag: int | None = None
+    t0_wall = 0.0
+    last_clock = 0.0
+    now_bag = start_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BagDamageWarning)
+        for msg in reader.messages(decode=False):
+            if t0_bag is None:
+                t0_bag, t0_wall = msg.receive_ns, time.monotonic()
+            target = t0_wall + (msg.receive_ns - t0_bag) / 1e9 / speed
+            while True:
+                now = time.monotonic()
+                if now - last_clock >= 0.01:
+                    now_bag = min(msg.receive_ns, t0_bag + int((now - t0_wall) * speed * 1e9))
+                    clock.publish(_clock_msg(now_bag))
+                    last_clock = now
+                if now >= target:
+                    break
+                time.sleep(min(0.005, target - now))
+            if node_proc.poll() is not None:
+                raise _LiveError(f"the node exited with code {node_proc.returncode} during "
+                                 "playback")
+            clock.publish(_clock_msg(msg.receive_ns))
+            now_bag = msg.receive_ns
+            pubs[msg.topic].publish(bytes(msg.raw))
+            if msg.topic == setup.rgb_topic:
+                sent[msg.stamp_ns] = time.monotonic()
+                while len(sent) > 100000:
+                    sent.popitem(last=False)
+            played += 1
+    # drain: the clock stays at the end of the bag (no camera timeout), wait for quiet
+    # (the node may still be working on its last pair: allow a few of the offline run's
+    # slowest frames after the later of the end of playback and its last output)
+    timing = result.get("expected_ms") or 0.0
+    quiet = max(3.0, 4.0 * timing / 1000.0)
+    played_until = time.monotonic()
+    end = played_until + max(30.0, opts.live_timeout)
+    while time.monotonic() < end:
+        if node_proc.poll() is not None:
+            break
+        if time.monotonic() - max(recorder.last_output, played_until) > quiet:
+            break
+        clock.publish(_clock_msg(now_bag))
+        time.sleep(0.1)
+    # one more /diagnostics (its timer runs on the simulated clock): step the clock past it
+    seen = diagnostics[1]
+    period_ns = node_params.seconds_to_ns(setup.values["diagnostics.period"])
+    deadline = time.monotonic() + 3.0
+    while diagnostics[1] == seen and time.monotonic() < deadline and node_proc.poll() is None:
+        now_bag += period_ns // 4 + 1
+        clock.publish(_clock_msg(now_bag))
+        time.sleep(0.05)
+    latency = [(recorder.receive_wall[s] - w) * 1000.0 for s, w in sent.items()
+               if s in recorder.receive_wall]
+    return played, latency
