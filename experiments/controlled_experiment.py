@@ -57,9 +57,9 @@ from experiments.headroom_scenes import (  # noqa: E402
     make_scenes,
     oracle_weights,
 )
-from tdfusion_ros.checkpoints import load_network  # noqa: E402
-from tdfusion_ros.metrics import ConfusionMatrix  # noqa: E402
-from tdfusion_ros.networks import FusionNet, LossGenerationNet  # noqa: E402
+from tdfusion_ros.metrics.segmentation import ConfusionMatrix  # noqa: E402
+from tdfusion_ros.nets.checkpoints import load_network  # noqa: E402
+from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet  # noqa: E402
 from training.meta_learning import (  # noqa: E402
     Batch,
     MetaConfig,

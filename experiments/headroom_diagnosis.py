@@ -24,7 +24,7 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from experiments.headroom_scenes import SceneSet, make_scenes, oracle_weights
-from tdfusion_ros.networks import FusionNet
+from tdfusion_ros.nets.networks import FusionNet
 from training.fusion_loss import FusionLossConfig, fusion_loss_from_config
 
 FAMILIES = {"ellipses (class in ir)": (1, 2), "rectangles (class in vis)": (3, 4)}
