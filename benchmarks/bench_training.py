@@ -118,15 +118,17 @@ def build(task: str, size: Size, seed: int = 0) -> Setup:
     import torch
 
     from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet
-    from training.datasets import GeneratedScenes, derive_generator
+    from training.batches import collate_samples, derive_generator
+    from training.datasets import GeneratedScenes
     from training.meta_learning import MetaConfig, Networks
     from training.task_networks import DetectionTask, SegmentationTask
 
     data = GeneratedScenes(2 * size.batch, task, seed=seed, height=size.pair[0],
                            width=size.pair[1], task_size=size.task)
     samples = [data[i] for i in range(len(data))]
-    batches = [data.collate(samples[k * size.batch:(k + 1) * size.batch],
-                            derive_generator(seed, k), size.crop) for k in range(2)]
+    batches = [collate_samples(samples[k * size.batch:(k + 1) * size.batch],
+                               derive_generator(seed, k), data.task, data.task_size, size.crop)
+               for k in range(2)]
     torch.manual_seed(seed)
     task_net = (SegmentationTask if task == "segmentation" else DetectionTask)(
         len(data.classes), size.task)

@@ -13,16 +13,18 @@ from torch.utils.data import DataLoader
 
 from tdfusion_ros import scenes
 from training import datasets
-from training.datasets import (
-    DatasetError,
+from training.batches import (
     EpochBatches,
     FusionBatch,
-    GeneratedScenes,
-    Sample,
     collate_samples,
     derive_generator,
-    m3fd_split,
     meta_subsets,
+)
+from training.datasets import (
+    DatasetError,
+    GeneratedScenes,
+    Sample,
+    m3fd_split,
 )
 from training.meta_learning import Batch
 
@@ -213,7 +215,7 @@ def test_real_det_folder(shared_data: Path) -> None:
 
     s = ds[ds.names.index("00055D")]
     assert s.ir_y.shape == s.vis_y.shape == (480, 640)
-    batch = ds.collate([s], torch.Generator().manual_seed(0))
+    batch = collate_samples([s], torch.Generator().manual_seed(0), ds.task, ds.task_size)
     # By hand, first line "0 0.834052 0.505388 0.067349 0.258621" of a 640x480 image:
     # x1 = (0.834052 - 0.067349 / 2) * 640 = 512.2416 -> x 320/640 = 256.1208
     # y1 = (0.505388 - 0.258621 / 2) * 480 = 180.5173 -> x 240/480 = 90.2586
@@ -238,7 +240,8 @@ def test_real_det_batch_feeds_yolo_loss(shared_data: Path) -> None:
     from training.task_networks import DetectionTask
 
     ds = datasets.pair_folder(shared_data / "det")
-    batch = ds.collate([ds[0], ds[1]], torch.Generator().manual_seed(0))
+    batch = collate_samples([ds[0], ds[1]], torch.Generator().manual_seed(0), ds.task,
+                            ds.task_size)
     torch.manual_seed(0)
     task = DetectionTask(num_classes=3, input_size=ds.task_size)
     loss = task.loss(batch.vis_task, batch.targets)
@@ -277,7 +280,8 @@ def seg_dataset(tmp_path: Path) -> datasets.FileDataset:
 
 def test_collate_segmentation_shapes_and_padding(seg_dataset) -> None:
     samples = [seg_dataset[0], seg_dataset[1]]
-    batch = seg_dataset.collate(samples, torch.Generator().manual_seed(0))
+    batch = collate_samples(samples, torch.Generator().manual_seed(0), seg_dataset.task,
+                            seg_dataset.task_size)
     assert isinstance(batch, Batch) and isinstance(batch, FusionBatch)
     assert batch.names == ("00001D", "00002N") and batch.boxes is None
     for t in (batch.ir_crop, batch.vis_crop):
@@ -337,7 +341,7 @@ def test_detection_collate_targets(tmp_path: Path) -> None:
     _yolo_tree(tmp_path / "det", ["a", "b", "c"],
                {"a": "1 0.5 0.5 0.25 0.5\n", "c": "0 0.25 0.5 0.5 0.5\n1 0.5 0.5 1 1\n"})
     ds = datasets.pair_folder(tmp_path / "det", task_size=(64, 96))
-    batch = ds.collate(list(ds), torch.Generator().manual_seed(0))
+    batch = collate_samples(list(ds), torch.Generator().manual_seed(0), ds.task, ds.task_size)
     t = batch.targets
     assert t["batch_idx"].tolist() == [0.0, 2.0, 2.0]
     assert t["cls"].shape == (3, 1) and t["cls"].dtype == torch.float32

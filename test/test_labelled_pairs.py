@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.batches import collate_samples
 from training.config import load_config
-from training.datasets import DatasetError, collate_samples
+from training.datasets import DatasetError
 from training.labelled_pairs import day_night_split, labelled_pairs
 
 REPO = Path(__file__).resolve().parents[1]

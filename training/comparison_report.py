@@ -100,8 +100,8 @@ def g_statistics(loss_generation: Path, recipe: Any) -> dict[str, Any]:
 
     from tdfusion_ros.nets.checkpoints import load_network
     from tdfusion_ros.nets.networks import LossGenerationNet
+    from training.batches import resize_plane
     from training.config import load_config
-    from training.datasets import resize_plane
     from training.labelled_pairs import labelled_pairs
 
     options = load_config(REPO / recipe.algorithm1).data.options

@@ -35,8 +35,14 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 from tdfusion_ros.nets.checkpoints import load_network, save_network  # noqa: E402
 from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet  # noqa: E402
 from training import datasets  # noqa: E402
+from training.batches import (  # noqa: E402
+    EpochBatches,
+    FusionBatch,
+    derive_generator,
+    meta_subsets,
+    permutation,
+)
 from training.config import TrainConfig, config_from_checkpoint, load_config  # noqa: E402
-from training.datasets import FusionBatch  # noqa: E402
 from training.meta_learning import (  # noqa: E402
     Networks,
     learning_step,
@@ -264,16 +270,16 @@ def with_swapped_copy(batch: FusionBatch, config: TrainConfig) -> FusionBatch:
 def epoch_plan(config: TrainConfig, n: int, epoch: int, rank: int, size: int
                ) -> dict[str, list[int]]:
     """Sample indices of each phase of an epoch (this rank's share), from (seed, epoch) only."""
-    gen = datasets.derive_generator(config.seed, epoch, 0)
-    meta_train, meta_test = datasets.meta_subsets(n, gen, config.meta_samples)
-    order = datasets.permutation(n, datasets.derive_generator(config.seed, epoch, 1))
+    gen = derive_generator(config.seed, epoch, 0)
+    meta_train, meta_test = meta_subsets(n, gen, config.meta_samples)
+    order = permutation(n, derive_generator(config.seed, epoch, 1))
     shard = slice(rank, None, size)
     return {"meta_train": meta_train[shard], "meta_test": meta_test[shard], "learn": order[shard]}
 
 
 def batches(dataset, indices, config: TrainConfig, keys: tuple[int, ...], start: int,
             batch_size: int | None = None):
-    return datasets.EpochBatches(dataset, indices, batch_size or config.batch_size,
+    return EpochBatches(dataset, indices, batch_size or config.batch_size,
                                  seed=config.seed, keys=keys, crop_size=config.crop_size,
                                  start=start)
 
