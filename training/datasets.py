@@ -1,6 +1,6 @@
-"""Training data for TDFusion: the datasets' published layouts and Algorithm 1's batches.
+"""Training data for TDFusion: the datasets' published layouts, each read into one sample type.
 
-Why one module: every dataset is reduced to the same sample (the infrared and visible Y planes
+Why one sample type: every dataset is reduced to the same sample (the infrared and visible Y planes
 as the networks see them, plus a task target), so the training loop, the meta-learning step and
 the tests never depend on where the pairs came from.
 
