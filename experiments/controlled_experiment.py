@@ -392,12 +392,12 @@ def weight_maps_figure(s: Settings, work: Path, seed: int, path: Path) -> None:
     fused = {}
     for arm in TRAINED_ARMS:
         f = FusionNet()
-        f.load_state_dict(torch.load(job_path(work, s, f"{arm}_seed{seed}") / "fusion.pt",
-                                     weights_only=True))
+        f_path = job_path(work, s, f"{arm}_seed{seed}") / "fusion.pt"
+        f.load_state_dict(torch.load(f_path, weights_only=True))
         fused[arm] = fuse_all(f, test)
     g = LossGenerationNet()
-    g.load_state_dict(torch.load(job_path(work, s, f"B_seed{seed}") / "loss_generation.pt",
-                                 weights_only=True))
+    g_path = job_path(work, s, f"B_seed{seed}") / "loss_generation.pt"
+    g.load_state_dict(torch.load(g_path, weights_only=True))
     torch.manual_seed(seed)
     g0 = LossGenerationNet()
     idx = np.arange(4)

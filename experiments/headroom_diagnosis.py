@@ -30,9 +30,9 @@ from training.fusion_loss import FusionLossConfig, fusion_loss_from_config
 FAMILIES = {"ellipses (class in ir)": (1, 2), "rectangles (class in vis)": (3, 4)}
 
 
-def class_readability(fused: np.ndarray, data: SceneSet) -> dict[str, float]:
-    """AUC of the inside-minus-ring level for up vs down, per object family."""
-    level: dict[int, list[float]] = {c: [] for c in (1, 2, 3, 4)}
+def object_levels(image: np.ndarray, data: SceneSet) -> list[tuple[int, float]]:
+    """(class, mean inside - mean of the background ring of 4 px around it) per object."""
+    out = []
     for i in range(len(data)):
         count, comp = cv2.connectedComponents((data.label[i] > 0).astype(np.uint8))
         for k in range(1, count):
@@ -41,7 +41,15 @@ def class_readability(fused: np.ndarray, data: SceneSet) -> dict[str, float]:
                 data.label[i] == 0)
             if ring.any():
                 cls = int(np.bincount(data.label[i][inside]).argmax())
-                level[cls].append(float(fused[i][inside].mean() - fused[i][ring].mean()))
+                out.append((cls, float(image[i][inside].mean() - image[i][ring].mean())))
+    return out
+
+
+def class_readability(fused: np.ndarray, data: SceneSet) -> dict[str, float]:
+    """AUC of the inside-minus-ring level for up vs down, per object family."""
+    level: dict[int, list[float]] = {c: [] for c in (1, 2, 3, 4)}
+    for cls, value in object_levels(fused, data):
+        level[cls].append(value)
     out = {}
     for name, (up, down) in FAMILIES.items():
         if not (level[up] and level[down]):

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from experiments.controlled_experiment import HIDE_MORE, SHOW_MORE, pilot_check, verdict
-from experiments.headroom_diagnosis import class_readability, loss_optimal_image
+from experiments.headroom_diagnosis import class_readability, loss_optimal_image, object_levels
 from experiments.headroom_scenes import (
     INFORMATIVE_IR,
     INFORMATIVE_VIS,
@@ -40,17 +39,10 @@ def test_class_level_is_in_the_informative_modality_only() -> None:
     amp = Amplitudes()
     data = make_scenes(40, seed=1, amp=amp)
     agree, paint = [], []
-    for i in range(len(data)):
-        n, comp = cv2.connectedComponents((data.label[i] > 0).astype(np.uint8))
-        for k in range(1, n):
-            inside = comp == k
-            ring = (cv2.dilate(inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0) & (
-                data.label[i] == 0)
-            cls = int(np.bincount(data.label[i][inside]).argmax())
-            info, other = (data.ir[i], data.vis[i]) if cls in (1, 2) else (data.vis[i], data.ir[i])
-            up = cls in (1, 3)
-            agree.append((info[inside].mean() > info[ring].mean()) == up)
-            paint.append(other[inside].mean() - other[ring].mean())
+    for (cls, ir), (_, vis) in zip(object_levels(data.ir, data), object_levels(data.vis, data)):
+        info, other = (ir, vis) if cls in (1, 2) else (vis, ir)
+        agree.append((info > 0) == (cls in (1, 3)))
+        paint.append(other)
     assert np.mean(agree) > 0.9
     assert np.mean(np.abs(paint)) > 1.5 * amp.class_level
     assert 0.2 < np.mean(np.asarray(paint) > 0) < 0.8  # random sign
