@@ -115,3 +115,34 @@ def test_recipe_lists_its_stages_and_refuses_unknown_ones() -> None:
     bad = subprocess.run([sys.executable, str(REPO / "training" / "default_model.py"),
                           "--stages", "nonsense"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "unknown stage" in bad.stderr
+
+
+def test_report_shows_the_networks_the_bundle_ships(tmp_path: Path) -> None:
+    """The report's "shipped" figures are the final runs' when the recipe trains them longer,
+    and arm (d)'s own when it ships those as they are."""
+    from training.comparison_report import write_comparison
+    from training.default_model import Recipe
+
+    def metrics(folder: str, value: float, kind: str) -> None:
+        (tmp_path / "run" / folder).mkdir(parents=True)
+        record = ({"mAP50": value, "mAP50-95": value / 2,
+                   "AP50": {"person": value, "bicycle": 0.0, "car": value},
+                   "AP50-95": {"person": value / 2, "bicycle": 0.0, "car": value / 2}}
+                  if kind == "det" else {"mIoU": value, "IoU": {"unlabeled": 0.9, "car": value}})
+        (tmp_path / "run" / folder / "metrics.json").write_text(json.dumps(record))
+
+    metrics("detector_tdfusion_s0", 0.10, "det")
+    metrics("segmenter_tdfusion_s0", 0.14, "seg")
+    metrics("detector_final", 0.42, "det")
+    metrics("segmenter_final", 0.27, "seg")
+    longer = Recipe(run_dir=str(tmp_path / "run"), final_detector_epochs=100,
+                    final_segmenter_epochs=24)
+    shipped = write_comparison(longer, tmp_path / "longer")["shipped"]
+    assert (shipped["detector"]["run"], shipped["detector"]["epochs"]) == ("detector_final", 100)
+    assert shipped["segmenter"]["mIoU"] == 0.27
+    text = (tmp_path / "longer" / "results.md").read_text()
+    assert "| `detector_final` | 100 | 42.0 | 21.0 | 42.0 | 0.0 | 42.0 |" in text
+    as_is = write_comparison(Recipe(run_dir=str(tmp_path / "run")), tmp_path / "as_is")
+    assert as_is["shipped"]["detector"]["run"] == "detector_tdfusion_s0"
+    assert as_is["shipped"]["segmenter"]["epochs"] == 6
+    assert as_is["shipped"]["segmenter"]["mIoU"] == 0.14

@@ -59,6 +59,7 @@ def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
             if seg is not None:
                 entry["segmentation"][str(seed)] = {"mIoU": seg["mIoU"], "IoU": seg["IoU"]}
         results["arms"][arm] = entry
+    results["shipped"] = shipped_networks(recipe)
     times = {}
     for arm in ("tdfusion", "fixed"):
         summary = _read(root / arm / "summary.json")
@@ -87,6 +88,21 @@ def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(_markdown(results, out_dir))
     return results
+
+
+def shipped_networks(recipe: Any) -> dict[str, Any]:
+    """Validation figures of the detector and segmenter that the export puts in the bundle."""
+    shipped: dict[str, Any] = {}
+    for kind in ("detector", "segmenter"):
+        folder = recipe.final_dir(kind)
+        metrics = _read(folder / "metrics.json")
+        if metrics is not None:
+            keep = ("mAP50", "mAP50-95", "AP50", "AP50-95") if kind == "detector" else \
+                ("mIoU", "IoU")
+            epochs = getattr(recipe, f"final_{kind}_epochs") or getattr(recipe, kind)["epochs"]
+            shipped[kind] = {"run": folder.name, "epochs": epochs,
+                             **{k: metrics[k] for k in keep}}
+    return shipped
 
 
 def g_statistics(loss_generation: Path, recipe: Any) -> dict[str, Any]:
@@ -168,6 +184,25 @@ def _markdown(results: dict[str, Any], out_dir: Path) -> str:
         cells = [_fmt([r["mIoU"] for r in runs])]
         cells += [_fmt([r["IoU"][c] for r in runs]) for c in seg_classes]
         lines.append(f"| {arm['title']} | " + " | ".join(cells) + " |")
+    shipped = results.get("shipped") or {}
+    det, seg = shipped.get("detector"), shipped.get("segmenter")
+    if det or seg:
+        lines += ["", "## The shipped detector and segmenter (`models/default`)", "",
+                  "Arm (d)'s recipe on TDFusion's fused images with the budget of the recipe's "
+                  "`final_*_epochs` (the arms above share a shorter one); same validation "
+                  "pairs."]
+    if det:
+        lines += ["", "| detector | epochs | mAP50 | mAP50-95 | "
+                  + " | ".join(f"AP50 {c}" for c in det_classes) + " |",
+                  "|---" * (4 + len(det_classes)) + "|",
+                  f"| `{det['run']}` | {det['epochs']} | {_fmt([det['mAP50']])} | "
+                  f"{_fmt([det['mAP50-95']])} | "
+                  + " | ".join(_fmt([det["AP50"][c]]) for c in det_classes) + " |"]
+    if seg:
+        lines += ["", "| segmenter | epochs | mIoU | " + " | ".join(seg_classes) + " |",
+                  "|---" * (3 + len(seg_classes)) + "|",
+                  f"| `{seg['run']}` | {seg['epochs']} | {_fmt([seg['mIoU']])} | "
+                  + " | ".join(_fmt([seg["IoU"][c]]) for c in seg_classes) + " |"]
     lines += ["", "## Run times on this machine (2 CPU cores, seconds)", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v if v is not None else '-'} |" for k, v in results["seconds"].items()]

@@ -18,8 +18,9 @@ processes with disjoint stage lists:
    ``segmenter_<arm>`` SegFormer-B0, each with the same initialisation, data order and budget.
 4. ``evaluate``: mAP50 / mAP50-95 and IoU per class on the validation split, for every arm and
    seed: ``results.json`` and ``results.md`` in ``results_dir``.
-5. ``detector_final``, ``segmenter_final``: the shipped task networks: arm (d)'s as they are
-   (``final_*_epochs: 0``, the default), or trained on for that many more epochs.
+5. ``detector_final``, ``segmenter_final``: the shipped task networks: arm (d)'s recipe on
+   TDFusion's fused images with a longer budget (``final_*_epochs``), or arm (d)'s networks
+   as they are when that is 0.
 6. ``export``: TDFusion's F with those two into the bundle (``models/default``).
 """
 
@@ -60,13 +61,20 @@ class Recipe:
         "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320]})
     segmenter: dict[str, Any] = field(default_factory=lambda: {
         "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
-    final_detector_epochs: int = 0    # the shipped detector: arm (d)'s, trained on (0: as is)
-    final_segmenter_epochs: int = 0   # the shipped segmenter: likewise (0: arm (d)'s as is)
+    final_detector_epochs: int = 0    # the shipped detector's budget (0: arm (d)'s as is)
+    final_segmenter_epochs: int = 0   # the shipped segmenter's budget (0: arm (d)'s as is)
     threads: int = 2
 
     @property
     def root(self) -> Path:
         return REPO / self.run_dir
+
+    def final_dir(self, kind: str) -> Path:
+        """Where the shipped ``kind`` ("detector"/"segmenter") is: with 0 final epochs, arm
+        (d)'s network as it is."""
+        if getattr(self, f"final_{kind}_epochs") == 0:
+            return self.root / f"{kind}_tdfusion_s{self.seeds[0]}"
+        return self.root / f"{kind}_final"
 
 
 def load_recipe(path: str | Path | None) -> Recipe:
@@ -112,17 +120,11 @@ class Stages:
                           lambda a=arm, s=seed: self._segmenter(a, s),
                           root / f"segmenter_{arm}_s{seed}" / "metrics.json")
         self._add("detector_final", self._detector_final,
-                  self._final_dir("detector") / "metrics.json")
+                  self.r.final_dir("detector") / "metrics.json")
         self._add("segmenter_final", self._segmenter_final,
-                  self._final_dir("segmenter") / "metrics.json")
+                  self.r.final_dir("segmenter") / "metrics.json")
         self._add("evaluate", self._evaluate, REPO / recipe.results_dir / "results.json")
         self._add("export", self._export, REPO / recipe.bundle / "bundle.yaml")
-
-    def _final_dir(self, kind: str) -> Path:
-        """Where the shipped detector/segmenter is: 0 extra epochs ships arm (d)'s as it is."""
-        if getattr(self.r, f"final_{kind}_epochs") == 0:
-            return self.r.root / f"{kind}_tdfusion_s{self.r.seeds[0]}"
-        return self.r.root / f"{kind}_final"
 
     def _add(self, name: str, run: Callable[[], None], output: Path) -> None:
         self.order.append((name, run, output))
@@ -163,7 +165,7 @@ class Stages:
         train.train(config, state, show_progress=False)
 
     def _detector(self, arm: str, seed: int, epochs: int | None = None,
-                  out: Path | None = None, init: Path | None = None) -> None:
+                  out: Path | None = None) -> None:
         from training.fused_dataset import FusedDataset
         from training.train_detector import evaluate_detector, train_detector
 
@@ -172,15 +174,14 @@ class Stages:
         d = self.r.detector
         task_pt = train_detector(data, out, epochs=epochs or d["epochs"], imgsz=d["imgsz"],
                                  batch=d["batch"], seed=seed, threads=self.r.threads,
-                                 input_size=tuple(d["input_size"]), init=init)
+                                 input_size=tuple(d["input_size"]))
         metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"detector {out.name}: mAP50 {metrics['mAP50']:.3f}, "
              f"mAP50-95 {metrics['mAP50-95']:.3f}")
 
     def _segmenter(self, arm: str, seed: int, epochs: int | None = None,
-                   out: Path | None = None, init: Path | None = None,
-                   lr: float | None = None) -> None:
+                   out: Path | None = None) -> None:
         from training.fused_dataset import FusedDataset
         from training.train_segmenter import evaluate_segmenter, train_segmenter
 
@@ -188,29 +189,25 @@ class Stages:
         out = out or self.r.root / f"segmenter_{arm}_s{seed}"
         s = self.r.segmenter
         task_pt = train_segmenter(data, out, epochs=epochs or s["epochs"], batch=s["batch"],
-                                  lr=lr or s["lr"], seed=seed, threads=self.r.threads,
-                                  input_size=tuple(s["input_size"]), init=init, log=_log)
+                                  lr=s["lr"], seed=seed, threads=self.r.threads,
+                                  input_size=tuple(s["input_size"]), log=_log)
         metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"segmenter {out.name}: mIoU {metrics['mIoU']:.3f}")
 
     def _detector_final(self) -> None:
-        """The shipped detector: arm (d)'s, trained on for ``final_detector_epochs`` more (0:
-        arm (d)'s stage already made it)."""
+        """The shipped detector: arm (d)'s recipe with ``final_detector_epochs`` epochs, from
+        scratch (0: arm (d)'s stage already made it). Training on from arm (d)'s weights with a
+        fresh warm-up lost more than it gained."""
         if self.r.final_detector_epochs:
-            seed = self.r.seeds[0]
-            self._detector("tdfusion", seed, self.r.final_detector_epochs,
-                           self._final_dir("detector"), self.r.root
-                           / f"detector_tdfusion_s{seed}" / "yolo" / "weights" / "last.pt")
+            self._detector("tdfusion", self.r.seeds[0], self.r.final_detector_epochs,
+                           self.r.final_dir("detector"))
 
     def _segmenter_final(self) -> None:
-        """The shipped segmenter, likewise, at half the learning rate."""
+        """The shipped segmenter, likewise: arm (d)'s recipe, ``final_segmenter_epochs`` epochs."""
         if self.r.final_segmenter_epochs:
-            seed = self.r.seeds[0]
-            self._segmenter("tdfusion", seed, self.r.final_segmenter_epochs,
-                            self._final_dir("segmenter"),
-                            self.r.root / f"segmenter_tdfusion_s{seed}" / "task.pt",
-                            self.r.segmenter["lr"] / 2)
+            self._segmenter("tdfusion", self.r.seeds[0], self.r.final_segmenter_epochs,
+                            self.r.final_dir("segmenter"))
 
     def _evaluate(self) -> None:
         from training.comparison_report import write_comparison
@@ -220,12 +217,12 @@ class Stages:
     def _export(self) -> None:
         """The bundle; the detector's score threshold is where its F1 peaks on validation."""
         root = self.r.root
-        metrics = json.loads((self._final_dir("detector") / "metrics.json").read_text())
+        metrics = json.loads((self.r.final_dir("detector") / "metrics.json").read_text())
         command = [sys.executable, str(REPO / "training" / "export.py"),
                    "--conf-threshold", str(metrics["best_f1_conf"]),
                    "--fusion", str(root / "tdfusion" / "fusion.pt"),
-                   "--task", str(self._final_dir("detector") / "task.pt"),
-                   "--task", str(self._final_dir("segmenter") / "task.pt"),
+                   "--task", str(self.r.final_dir("detector") / "task.pt"),
+                   "--task", str(self.r.final_dir("segmenter") / "task.pt"),
                    "--out", str(REPO / self.r.bundle)]
         _log("export: " + " ".join(command))
         subprocess.run(command, check=True)
