@@ -93,6 +93,17 @@ def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
     assert len(seg_metrics["IoU"]) == 9 and 0.0 <= seg_metrics["mIoU"] <= 1.0
     assert not attempts, f"network access attempted: {attempts}"
     monkeypatch.undo()
+    # a finished run asked for another deployed size is relabelled, not retrained
+    import torch
+
+    trained = torch.load(det, map_location="cpu", weights_only=True)
+    assert train_detector(fused, tmp_path / "det", epochs=1, batch=4, threads=1,
+                          input_size=(384, 512)) == det
+    relabelled = torch.load(det, map_location="cpu", weights_only=True)
+    assert relabelled["input_size"] == [384, 512]
+    assert relabelled["meta"]["trained_input_size"] == trained["input_size"]
+    assert all(torch.equal(relabelled["state_dict"][k], v)
+               for k, v in trained["state_dict"].items())
     bundle = tmp_path / "bundle"
     subprocess.run([sys.executable, str(REPO / "training" / "export.py"), "--fusion",
                     str(REPO / "models" / "fusion_default.pt"), "--task", str(det), "--task",
@@ -101,7 +112,7 @@ def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
     from tdfusion_ros.runtime.bundle import load_bundle
 
     loaded = load_bundle(bundle)
-    assert loaded.graph("detector").input_hw == (256, 320)
+    assert loaded.graph("detector").input_hw == (384, 512)
     assert loaded.graph("segmenter").class_names == fused.segmentation_classes
 
 
@@ -141,7 +152,7 @@ def test_report_shows_the_networks_the_bundle_ships(tmp_path: Path) -> None:
     assert (shipped["detector"]["run"], shipped["detector"]["epochs"]) == ("detector_final", 100)
     assert shipped["segmenter"]["mIoU"] == 0.27
     text = (tmp_path / "longer" / "results.md").read_text()
-    assert "| `detector_final` | 100 | 42.0 | 21.0 | 42.0 | 0.0 | 42.0 |" in text
+    assert "| `detector_final` | 100 | 240 x 320 | 42.0 | 21.0 | 42.0 | 0.0 | 42.0 |" in text
     as_is = write_comparison(Recipe(run_dir=str(tmp_path / "run")), tmp_path / "as_is")
     assert as_is["shipped"]["detector"]["run"] == "detector_tdfusion_s0"
     assert as_is["shipped"]["segmenter"]["epochs"] == 6

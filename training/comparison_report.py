@@ -32,6 +32,11 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
+def _size(entry: dict[str, Any]) -> str:
+    size = entry.get("input_size")
+    return f"{size[0]} x {size[1]}" if size else "-"
+
+
 def _seconds(path: Path, key: str) -> float | None:
     data = _read(path)
     if data is None:
@@ -100,7 +105,13 @@ def shipped_networks(recipe: Any) -> dict[str, Any]:
             keep = ("mAP50", "mAP50-95", "AP50", "AP50-95") if kind == "detector" else \
                 ("mIoU", "IoU")
             epochs = getattr(recipe, f"final_{kind}_epochs") or getattr(recipe, kind)["epochs"]
-            shipped[kind] = {"run": folder.name, "epochs": epochs,
+            size = getattr(recipe, kind)["input_size"]
+            if (folder / "task.pt").is_file():
+                import torch
+
+                record = torch.load(folder / "task.pt", map_location="cpu", weights_only=True)
+                size = record["input_size"]
+            shipped[kind] = {"run": folder.name, "epochs": epochs, "input_size": list(size),
                              **{k: metrics[k] for k in keep}}
     return shipped
 
@@ -192,16 +203,16 @@ def _markdown(results: dict[str, Any], out_dir: Path) -> str:
                   "`final_*_epochs` (the arms above share a shorter one); same validation "
                   "pairs."]
     if det:
-        lines += ["", "| detector | epochs | mAP50 | mAP50-95 | "
+        lines += ["", "| detector | epochs | input (H, W) | mAP50 | mAP50-95 | "
                   + " | ".join(f"AP50 {c}" for c in det_classes) + " |",
-                  "|---" * (4 + len(det_classes)) + "|",
-                  f"| `{det['run']}` | {det['epochs']} | {_fmt([det['mAP50']])} | "
+                  "|---" * (5 + len(det_classes)) + "|",
+                  f"| `{det['run']}` | {det['epochs']} | {_size(det)} | {_fmt([det['mAP50']])} | "
                   f"{_fmt([det['mAP50-95']])} | "
                   + " | ".join(_fmt([det["AP50"][c]]) for c in det_classes) + " |"]
     if seg:
-        lines += ["", "| segmenter | epochs | mIoU | " + " | ".join(seg_classes) + " |",
-                  "|---" * (3 + len(seg_classes)) + "|",
-                  f"| `{seg['run']}` | {seg['epochs']} | {_fmt([seg['mIoU']])} | "
+        lines += ["", "| segmenter | epochs | input (H, W) | mIoU | " + " | ".join(seg_classes)
+                  + " |", "|---" * (4 + len(seg_classes)) + "|",
+                  f"| `{seg['run']}` | {seg['epochs']} | {_size(seg)} | {_fmt([seg['mIoU']])} | "
                   + " | ".join(_fmt([seg["IoU"][c]]) for c in seg_classes) + " |"]
     lines += ["", "## Run times on this machine (2 CPU cores, seconds)", "",
               "| stage | seconds |", "|---|---|"]

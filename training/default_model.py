@@ -62,6 +62,7 @@ class Recipe:
     segmenter: dict[str, Any] = field(default_factory=lambda: {
         "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
     final_detector_epochs: int = 0    # the shipped detector's budget (0: arm (d)'s as is)
+    final_detector_input_size: list[int] | None = None  # its deployed (H, W); None: detector's
     final_segmenter_epochs: int = 0   # the shipped segmenter's budget (0: arm (d)'s as is)
     threads: int = 2
 
@@ -84,7 +85,11 @@ def load_recipe(path: str | Path | None) -> Recipe:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known: "
                          f"{', '.join(sorted(known))}")
-    return Recipe(**(raw or {}))
+    recipe = Recipe(**(raw or {}))
+    if recipe.final_detector_input_size and not recipe.final_detector_epochs:
+        raise ValueError(f"{path}: final_detector_input_size needs final_detector_epochs > 0 "
+                         "(it sizes the detector_final stage's network)")
+    return recipe
 
 
 def _log(message: str) -> None:
@@ -165,7 +170,7 @@ class Stages:
         train.train(config, state, show_progress=False)
 
     def _detector(self, arm: str, seed: int, epochs: int | None = None,
-                  out: Path | None = None) -> None:
+                  out: Path | None = None, input_size: list[int] | None = None) -> None:
         from training.fused_dataset import FusedDataset
         from training.train_detector import evaluate_detector, train_detector
 
@@ -174,7 +179,7 @@ class Stages:
         d = self.r.detector
         task_pt = train_detector(data, out, epochs=epochs or d["epochs"], imgsz=d["imgsz"],
                                  batch=d["batch"], seed=seed, threads=self.r.threads,
-                                 input_size=tuple(d["input_size"]))
+                                 input_size=tuple(input_size or d["input_size"]))
         metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"detector {out.name}: mAP50 {metrics['mAP50']:.3f}, "
@@ -197,11 +202,12 @@ class Stages:
 
     def _detector_final(self) -> None:
         """The shipped detector: arm (d)'s recipe with ``final_detector_epochs`` epochs, from
-        scratch (0: arm (d)'s stage already made it). Training on from arm (d)'s weights with a
-        fresh warm-up lost more than it gained."""
+        scratch (0: arm (d)'s stage already made it), deployed and evaluated at
+        ``final_detector_input_size``. Training on from arm (d)'s weights with a fresh warm-up
+        lost more than it gained."""
         if self.r.final_detector_epochs:
             self._detector("tdfusion", self.r.seeds[0], self.r.final_detector_epochs,
-                           self.r.final_dir("detector"))
+                           self.r.final_dir("detector"), self.r.final_detector_input_size)
 
     def _segmenter_final(self) -> None:
         """The shipped segmenter, likewise: arm (d)'s recipe, ``final_segmenter_epochs`` epochs."""

@@ -86,11 +86,18 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
     """Train from scratch (or on from ``init``, an ultralytics checkpoint of an earlier run of
     this program) and write ``OUT/task.pt``.
 
-    Re-running with the same ``out`` resumes an interrupted run and skips a finished one.
+    Re-running with the same ``out`` resumes an interrupted run and skips a finished one; a
+    finished one asked for another ``input_size`` (the deployed size) is relabelled.
     """
     out = Path(out).resolve()
     task_path = out / "task.pt"
     if task_path.is_file():
+        record = load_task_checkpoint(task_path)
+        if list(record["input_size"]) != list(input_size):
+            # the deployed input size is not a training setting (imgsz is): relabel, not retrain
+            save_task_checkpoint(task_path, record["task"], record["classes"], input_size,
+                                 record["state_dict"],
+                                 {**record["meta"], "trained_input_size": record["input_size"]})
         return task_path
     _offline_ultralytics(threads)
     from ultralytics import YOLO
