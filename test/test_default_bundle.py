@@ -156,7 +156,7 @@ def test_node_started_by_launch_sees_people_only_the_infrared_shows(
     from .test_node import domain_id, ros_env, start_node, stop
 
     chosen = infrared_only_night_pairs(shared_data)
-    assert len(chosen) >= 4, chosen  # the premise: several such pairs were held out
+    assert len(chosen) >= 10, chosen  # the premise: many such pairs were held out
     pairs_file = tmp_path / "pairs.json"
     pairs_file.write_text(json.dumps([(name, str(folder)) for name, folder in chosen]))
     spec = node_params.launch_spec({"backend": "onnxruntime"})  # config, bundle: the defaults
@@ -193,7 +193,8 @@ def test_node_started_by_launch_sees_people_only_the_infrared_shows(
                     box["cx"] + box["w"] / 2, box["cy"] + box["h"] / 2]
             if box["class_id"] == "person" and any(_iou(xyxy, t) >= 0.3 for t in truth):
                 found.add(name)
-    assert len(found) >= 2, (f"a person seen only in the infrared was detected in {sorted(found)}"
+    # the bundle matches one in 10 of the 14 pairs offline; the node may skip frames under load
+    assert len(found) >= 5, (f"a person seen only in the infrared was detected in {sorted(found)}"
                              f" of {[n for n, _ in chosen]}: {record['detections']}")
 
 

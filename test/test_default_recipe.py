@@ -147,13 +147,30 @@ def test_report_shows_the_networks_the_bundle_ships(tmp_path: Path) -> None:
     metrics("detector_final", 0.42, "det")
     metrics("segmenter_final", 0.27, "seg")
     longer = Recipe(run_dir=str(tmp_path / "run"), final_detector_epochs=100,
-                    final_segmenter_epochs=24)
+                    final_segmenter_epochs=24, final_detector_input_size=[384, 512])
     shipped = write_comparison(longer, tmp_path / "longer")["shipped"]
     assert (shipped["detector"]["run"], shipped["detector"]["epochs"]) == ("detector_final", 100)
     assert shipped["segmenter"]["mIoU"] == 0.27
     text = (tmp_path / "longer" / "results.md").read_text()
-    assert "| `detector_final` | 100 | 240 x 320 | 42.0 | 21.0 | 42.0 | 0.0 | 42.0 |" in text
+    assert "| `detector_final` | 100 | 384 x 512 | 42.0 | 21.0 | 42.0 | 0.0 | 42.0 |" in text
     as_is = write_comparison(Recipe(run_dir=str(tmp_path / "run")), tmp_path / "as_is")
     assert as_is["shipped"]["detector"]["run"] == "detector_tdfusion_s0"
     assert as_is["shipped"]["segmenter"]["epochs"] == 6
     assert as_is["shipped"]["segmenter"]["mIoU"] == 0.14
+
+
+def test_a_shipped_network_of_other_settings_is_not_taken_as_done(tmp_path: Path) -> None:
+    from training.default_model import Recipe, Stages
+
+    recipe = Recipe(run_dir=str(tmp_path), final_detector_epochs=100,
+                    final_detector_input_size=[384, 512])
+    stages = Stages(recipe)
+    (tmp_path / "detector_final").mkdir()
+    metrics = tmp_path / "detector_final" / "metrics.json"
+    assert not stages.done("detector_final")
+    metrics.write_text(json.dumps({"mAP50": 0.04}))  # a run from before epochs were recorded
+    assert not stages.done("detector_final")
+    metrics.write_text(json.dumps({"mAP50": 0.4, "epochs": 100, "input_size": [240, 320]}))
+    assert not stages.done("detector_final")  # to be relabelled at the deployed size
+    metrics.write_text(json.dumps({"mAP50": 0.4, "epochs": 100, "input_size": [384, 512]}))
+    assert stages.done("detector_final")

@@ -94,7 +94,8 @@ def test_detector_graph_matches_pytorch(
     assert meta["input_hw"] == list(DET_HW) and meta["class_names"] == CLASSES
     assert meta["strides"] == [8, 16, 32] and meta["preprocess"]["center"] is True
     assert meta["parity"]["images"] == 3
-    assert meta["parity"]["max_abs_diff"] <= 1e-3
+    assert meta["parity"]["max_abs_diff"] <= 1e-3  # class scores
+    assert meta["parity"]["max_box_diff_px"] <= 1e-2
     # The whole runtime path (letterbox, ONNX Runtime, numpy decoding) against ultralytics'
     # own post-processing of the same raw output. Detections are not compared across
     # backends: this random network scores thousands of overlapping boxes near 0.5, and

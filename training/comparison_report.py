@@ -104,13 +104,13 @@ def shipped_networks(recipe: Any) -> dict[str, Any]:
         if metrics is not None:
             keep = ("mAP50", "mAP50-95", "AP50", "AP50-95") if kind == "detector" else \
                 ("mIoU", "IoU")
-            epochs = getattr(recipe, f"final_{kind}_epochs") or getattr(recipe, kind)["epochs"]
-            size = getattr(recipe, kind)["input_size"]
-            if (folder / "task.pt").is_file():
-                import torch
-
-                record = torch.load(folder / "task.pt", map_location="cpu", weights_only=True)
-                size = record["input_size"]
+            # what the run recorded; older metrics files lack it, then the recipe's settings
+            epochs = metrics.get("epochs") or getattr(recipe, f"final_{kind}_epochs") \
+                or getattr(recipe, kind)["epochs"]
+            size = metrics.get("input_size") or getattr(recipe, kind)["input_size"]
+            if "input_size" not in metrics and kind == "detector" \
+                    and recipe.final_detector_epochs and recipe.final_detector_input_size:
+                size = recipe.final_detector_input_size
             shipped[kind] = {"run": folder.name, "epochs": epochs, "input_size": list(size),
                              **{k: metrics[k] for k in keep}}
     return shipped
@@ -200,8 +200,8 @@ def _markdown(results: dict[str, Any], out_dir: Path) -> str:
     if det or seg:
         lines += ["", "## The shipped detector and segmenter (`models/default`)", "",
                   "Arm (d)'s recipe on TDFusion's fused images with the budget of the recipe's "
-                  "`final_*_epochs` (the arms above share a shorter one); same validation "
-                  "pairs."]
+                  "`final_*_epochs` (with 0, arm (d)'s own run); same validation pairs. "
+                  "Input sizes are (height, width)."]
     if det:
         lines += ["", "| detector | epochs | input (H, W) | mAP50 | mAP50-95 | "
                   + " | ".join(f"AP50 {c}" for c in det_classes) + " |",

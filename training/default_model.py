@@ -73,7 +73,7 @@ class Recipe:
     def final_dir(self, kind: str) -> Path:
         """Where the shipped ``kind`` ("detector"/"segmenter") is: with 0 final epochs, arm
         (d)'s network as it is."""
-        if getattr(self, f"final_{kind}_epochs") == 0:
+        if not getattr(self, f"final_{kind}_epochs"):
             return self.root / f"{kind}_tdfusion_s{self.seeds[0]}"
         return self.root / f"{kind}_final"
 
@@ -135,7 +135,23 @@ class Stages:
         self.order.append((name, run, output))
 
     def done(self, name: str) -> bool:
-        return {n: out for n, _, out in self.order}[name].is_file()
+        """Its output exists and, for the shipped networks, was made with today's settings (a
+        run of an earlier recipe is redone, or relabelled when only the input size changed)."""
+        output = {n: out for n, _, out in self.order}[name]
+        if not output.is_file():
+            return False
+        kind = name.removesuffix("_final")
+        if name.endswith("_final") and getattr(self.r, f"final_{kind}_epochs"):
+            made = json.loads(output.read_text())
+            wanted = {"epochs": getattr(self.r, f"final_{kind}_epochs"),
+                      "input_size": list(self._input_size(kind))}
+            return all(made.get(k) == v for k, v in wanted.items())
+        return True
+
+    def _input_size(self, kind: str) -> list[int]:
+        if kind == "detector" and self.r.final_detector_input_size:
+            return list(self.r.final_detector_input_size)
+        return list(getattr(self.r, kind)["input_size"])
 
     # --------------------------------------------------------------------------- stages
 
@@ -181,6 +197,7 @@ class Stages:
                                  batch=d["batch"], seed=seed, threads=self.r.threads,
                                  input_size=tuple(input_size or d["input_size"]))
         metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
+        metrics.update(epochs=epochs or d["epochs"], input_size=list(input_size or d["input_size"]))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"detector {out.name}: mAP50 {metrics['mAP50']:.3f}, "
              f"mAP50-95 {metrics['mAP50-95']:.3f}")
@@ -197,6 +214,7 @@ class Stages:
                                   lr=s["lr"], seed=seed, threads=self.r.threads,
                                   input_size=tuple(s["input_size"]), log=_log)
         metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
+        metrics.update(epochs=epochs or s["epochs"], input_size=list(s["input_size"]))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"segmenter {out.name}: mIoU {metrics['mIoU']:.3f}")
 
@@ -207,7 +225,7 @@ class Stages:
         lost more than it gained."""
         if self.r.final_detector_epochs:
             self._detector("tdfusion", self.r.seeds[0], self.r.final_detector_epochs,
-                           self.r.final_dir("detector"), self.r.final_detector_input_size)
+                           self.r.final_dir("detector"), self._input_size("detector"))
 
     def _segmenter_final(self) -> None:
         """The shipped segmenter, likewise: arm (d)'s recipe, ``final_segmenter_epochs`` epochs."""
@@ -260,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # fused_* stages always run: write_fused_dataset itself skips when the same F (by
         # sha256) and data were fused already, and redoes it after F was retrained
-        if output.is_file() and name not in ("evaluate", "export") \
+        if stages.done(name) and name not in ("evaluate", "export") \
                 and not name.startswith("fused_"):
             _log(f"{name}: done ({output})")
             continue

@@ -77,8 +77,9 @@ __all__ = [
 ]
 
 DETECTOR_TOLERANCE = 1e-3  # class scores, absolute
-# Box rows are pixel coordinates of the input (up to ~500 for a 320-wide letterbox, where a
-# float32 step is 6e-5): reassociation alone moves them by ~1e-3 px after 60 layers.
+# Box rows are pixel coordinates of the input (beyond its size for boxes at the border: up to
+# ~530 for a 320-wide input, where a float32 step is 6e-5): reassociation alone moves them by
+# ~1e-3 px after 60 layers.
 DETECTOR_BOX_TOLERANCE_PX = 1e-2
 SEGMENTER_MIN_AGREEMENT = 0.999
 INPUT_NAME = "image"

@@ -95,9 +95,12 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
         record = load_task_checkpoint(task_path)
         if list(record["input_size"]) != list(input_size):
             # the deployed input size is not a training setting (imgsz is): relabel, not retrain
-            save_task_checkpoint(task_path, record["task"], record["classes"], input_size,
-                                 record["state_dict"],
-                                 {**record["meta"], "trained_input_size": record["input_size"]})
+            meta = {**record["meta"], "trained_input_size":
+                    record["meta"].get("trained_input_size", record["input_size"])}
+            tmp = task_path.with_name("task.pt.tmp")
+            save_task_checkpoint(tmp, record["task"], record["classes"], input_size,
+                                 record["state_dict"], meta)
+            tmp.replace(task_path)
         return task_path
     _offline_ultralytics(threads)
     from ultralytics import YOLO
