@@ -104,6 +104,10 @@ def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
     assert relabelled["meta"]["trained_input_size"] == trained["input_size"]
     assert all(torch.equal(relabelled["state_dict"][k], v)
                for k, v in trained["state_dict"].items())
+    with pytest.raises(ValueError, match="finished run of 1 epochs, not 3"):
+        train_detector(fused, tmp_path / "det", epochs=3, batch=4, threads=1)
+    with pytest.raises(ValueError, match="finished run of 1 epochs, not 2"):
+        train_segmenter(fused, tmp_path / "seg", epochs=2, batch=2, threads=1)
     bundle = tmp_path / "bundle"
     subprocess.run([sys.executable, str(REPO / "training" / "export.py"), "--fusion",
                     str(REPO / "models" / "fusion_default.pt"), "--task", str(det), "--task",

@@ -93,6 +93,9 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
     task_path = out / "task.pt"
     if task_path.is_file():
         record = load_task_checkpoint(task_path)
+        if record["meta"].get("epochs", epochs) != epochs:
+            raise ValueError(f"{out} holds a finished run of {record['meta']['epochs']} epochs, "
+                             f"not {epochs}: remove the folder to train anew")
         if list(record["input_size"]) != list(input_size):
             # the deployed input size is not a training setting (imgsz is): relabel, not retrain
             meta = {**record["meta"], "trained_input_size":

@@ -100,6 +100,10 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
     out.mkdir(parents=True, exist_ok=True)
     task_path, last_path = out / "task.pt", out / "last.pt"
     if task_path.is_file():
+        done = load_task_checkpoint(task_path)["meta"].get("epochs", epochs)
+        if done != epochs:
+            raise ValueError(f"{out} holds a finished run of {done} epochs, not {epochs}: "
+                             "remove the folder to train anew")
         return task_path
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
