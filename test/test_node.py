@@ -620,13 +620,15 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
         """``count`` ticks at RATE_HZ; ``bad`` maps tick index -> injection."""
         phase[0] = name
         played = record["played"].setdefault(name, [])
-        start = time.monotonic()
+        start, start_ns = time.monotonic(), now_ns()
         for i in range(count):
             due = start + i / RATE_HZ
             time.sleep(max(0.0, due - time.monotonic()))
             ir, vi = pairs[tick[0] % len(pairs)]
             tick[0] += 1
-            nominal = now_ns()
+            # stamped at the planned time, as a camera stamps its exposures: a driver that
+            # wakes late (a loaded machine) must not send stamps that go backwards
+            nominal = start_ns + int(i * 1e9 / RATE_HZ)
             rgb_stamp = nominal + int(rng.uniform(-JITTER, JITTER) * 1e9)
             thermal_stamp = nominal - int(args.offset * 1e9) + int(
                 rng.uniform(-JITTER, JITTER) * 1e9)
