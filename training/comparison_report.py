@@ -107,10 +107,7 @@ def shipped_networks(recipe: Any) -> dict[str, Any]:
             # what the run recorded; older metrics files lack it, then the recipe's settings
             epochs = metrics.get("epochs") or getattr(recipe, f"final_{kind}_epochs") \
                 or getattr(recipe, kind)["epochs"]
-            size = metrics.get("input_size") or getattr(recipe, kind)["input_size"]
-            if "input_size" not in metrics and kind == "detector" \
-                    and recipe.final_detector_epochs and recipe.final_detector_input_size:
-                size = recipe.final_detector_input_size
+            size = metrics.get("input_size") or recipe.shipped_input_size(kind)
             shipped[kind] = {"run": folder.name, "epochs": epochs, "input_size": list(size),
                              **{k: metrics[k] for k in keep}}
     return shipped

@@ -77,6 +77,12 @@ class Recipe:
             return self.root / f"{kind}_tdfusion_s{self.seeds[0]}"
         return self.root / f"{kind}_final"
 
+    def shipped_input_size(self, kind: str) -> list[int]:
+        """The (H, W) the shipped ``kind`` runs at: the detector's own when it is trained."""
+        if kind == "detector" and self.final_detector_epochs and self.final_detector_input_size:
+            return list(self.final_detector_input_size)
+        return list(getattr(self, kind)["input_size"])
+
 
 def load_recipe(path: str | Path | None) -> Recipe:
     raw = yaml.safe_load(Path(path).read_text()) if path else {}
@@ -144,14 +150,9 @@ class Stages:
         if name.endswith("_final") and getattr(self.r, f"final_{kind}_epochs"):
             made = json.loads(output.read_text())
             wanted = {"epochs": getattr(self.r, f"final_{kind}_epochs"),
-                      "input_size": list(self._input_size(kind))}
+                      "input_size": self.r.shipped_input_size(kind)}
             return all(made.get(k) == v for k, v in wanted.items())
         return True
-
-    def _input_size(self, kind: str) -> list[int]:
-        if kind == "detector" and self.r.final_detector_input_size:
-            return list(self.r.final_detector_input_size)
-        return list(getattr(self.r, kind)["input_size"])
 
     # --------------------------------------------------------------------------- stages
 
@@ -225,7 +226,7 @@ class Stages:
         lost more than it gained."""
         if self.r.final_detector_epochs:
             self._detector("tdfusion", self.r.seeds[0], self.r.final_detector_epochs,
-                           self.r.final_dir("detector"), self._input_size("detector"))
+                           self.r.final_dir("detector"), self.r.shipped_input_size("detector"))
 
     def _segmenter_final(self) -> None:
         """The shipped segmenter, likewise: arm (d)'s recipe, ``final_segmenter_epochs`` epochs."""
