@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.standalone_frames)
         print(f"[{text}] standalone {alone['fps']:.2f} frames/s; node for "
               f"{args.warmup:.0f}+{args.duration:.0f} s at {args.rate:g} Hz ...", flush=True)
-        domain = (os.getpid() + 11 * index) % 230 + 1
+        domain = node_params.private_domain_id(os.getpid() + 11 * index)
         node = node_run(bundle, args.config, size, pairs, args.rate, args.warmup,
                         args.duration, domain, work / f"node_{text}.log")
         # the node cannot beat its input rate: compare with what the pipeline could do on it

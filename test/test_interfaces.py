@@ -28,6 +28,8 @@ except ImportError as exc:  # a failure, not a skip: the fusion node publishes v
 
 from rclpy.serialization import deserialize_message, serialize_message
 
+from tdfusion_ros.ros import node_params
+
 # get_fields_and_field_types() of upstream vision_msgs 4.1.x, in field order.
 UPSTREAM_FIELDS: dict[str, dict[str, str]] = {
     "BoundingBox2D": {"center": "vision_msgs/Pose2D", "size_x": "double", "size_y": "double"},
@@ -278,7 +280,7 @@ _CHILD = textwrap.dedent(
 
 def test_detection2d_array_over_dds_between_two_processes(tmp_path: Path) -> None:
     env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)  # own domain: parallel runs never mix
+    env["ROS_DOMAIN_ID"] = str(node_params.private_domain_id(os.getpid()))  # own domain
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["ROS_LOG_DIR"] = str(tmp_path / "ros_log")
     env.pop("RMW_IMPLEMENTATION", None)

@@ -59,7 +59,7 @@ def domain_id() -> int:
     """A ROS_DOMAIN_ID of this test process's own (pid based), new for each node start."""
     global _domain_counter
     _domain_counter += 1
-    return (os.getpid() * 7 + 37 * _domain_counter) % 230 + 1
+    return node_params.private_domain_id(os.getpid() * 7 + 37 * _domain_counter)
 
 
 def ros_env(domain: int, spec: node_params.LaunchSpec | None = None) -> dict[str, str]:

@@ -471,6 +471,44 @@ def test_live_replay_into_the_node_agrees_with_offline(tmp_path: Path, tiny_bund
     assert "live: " in out and "AGREE" in out
 
 
+def test_live_replay_restarts_on_a_new_domain_when_discovery_stalls(tmp_path: Path,
+                                                                     tiny_bundle: Path) -> None:
+    """The first node start never matches (a process that runs but joins no topic, as when
+    discovery stalls): the replay restarts the node on the next domain and the run completes."""
+    from tdfusion_ros.bags.replay.common import ReplayOptions
+    from tdfusion_ros.bags.replay.run import replay
+
+    bag = tmp_path / "scenes"
+    build_from_scenes(4, bag, TimingConfig(thermal_rate_hz=10.0, rgb_rate_hz=30.0,
+                                           thermal_offset_ms=15.0, seed=6), size=SIZE)
+    marker = tmp_path / "first_start"
+    stall_once = tmp_path / "stall_once.py"
+    stall_once.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        marker = Path({str(marker)!r})
+        if not marker.exists():
+            marker.write_text(os.environ["ROS_DOMAIN_ID"])
+            time.sleep(600)
+        os.execv(sys.executable, [sys.executable, "-m", "tdfusion_ros.node", *sys.argv[1:]])
+    """))
+    from .test_node import domain_id
+
+    first = domain_id()
+    logs: list[str] = []
+    result = replay(ReplayOptions(
+        bag=bag, out=tmp_path / "o", bundle=tiny_bundle, offset_from_bag=True,
+        metrics_frames=0, video=False, live=True, domain_id=first, live_timeout=20.0,
+        node_command=[sys.executable, str(stall_once)], log=logs.append))
+    live = result.summary["live"]
+    assert marker.read_text() == str(first)
+    assert "error" not in live, json.dumps(live, indent=1)[:3000]
+    assert live["retried_after"] == [first] and live["domain_id"] != first
+    assert any("not ready after 20 s" in line and "Restarting the node" in line for line in logs)
+    assert (tmp_path / "o" / "live" / "node.attempt1.log").exists()
+    assert live["comparison"]["both"] >= 2 and live["comparison"]["agree"]
+
+
 # ============================================================================ bad input
 def _copy_bag(bag: Path, dst: Path) -> Path:
     shutil.copytree(bag, dst)

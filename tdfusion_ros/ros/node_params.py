@@ -47,6 +47,17 @@ ENABLE_SERVICE = "~/enable"
 # default transports best-effort 640x512 frames were lost entirely and reliable ones stalled.
 ENVIRONMENT = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
 
+# ROS 2 calls domain IDs 0-101 safe on Linux: above, a participant's UDP ports
+# (7400 + 250 * domain + ...) fall in the kernel's ephemeral range (32768-60999).
+MAX_SAFE_DOMAIN_ID = 101
+
+
+def private_domain_id(seed: int) -> int:
+    """A domain ID in 1..101 picked by ``seed``, for runs that must not mix with the robot's
+    (domain 0) or each other's traffic."""
+    return 1 + seed % MAX_SAFE_DOMAIN_ID
+
+
 TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
 SYNC_POLICIES = ("builtin", "message_filters")

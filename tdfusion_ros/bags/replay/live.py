@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,10 +41,37 @@ from tdfusion_ros.bags.replay.inputs import _Setup
 from tdfusion_ros.bags.replay.messages import fused_typestore
 from tdfusion_ros.ros import node_params
 
-
 # =========================================================================== live mode
+# Fast DDS with LARGE_DATA sometimes never matches two participants that both see each
+# other's endpoints in the ROS graph (about one start in ten here under CI load, while a third
+# participant matched both): after _STALL_S of that, the node and this player are restarted on
+# the next domain, up to _ATTEMPTS starts in all.
+_ATTEMPTS = 2
+_STALL_S = 15.0
+
+
 def _default_domain_id() -> int:
-    return 1 + (os.getpid() * 13) % 200
+    return node_params.private_domain_id(os.getpid() * 13)
+
+
+def _next_domain(domain: int) -> int:
+    return node_params.private_domain_id(domain)  # the one after, in the safe range
+
+
+def _announced(node: Any, pubs: Mapping[str, Any], recorder: _LiveRecorder) -> bool:
+    """The graph shows the node's camera subscriptions and output publishers."""
+    return (all(node.count_subscribers(topic) > 0 for topic in pubs)
+            and all(node.count_publishers(sub.topic_name) > 0 for sub in recorder.subs))
+
+
+def _discovery_state(node: Any, pubs: Mapping[str, Any], recorder: _LiveRecorder) -> str:
+    """What this player sees of the node, for an error that says which half is missing."""
+    subs = ", ".join(f"{topic} {pub.get_subscription_count()}" for topic, pub in pubs.items())
+    advertised = ", ".join(f"{sub.topic_name} {sub.get_publisher_count()}"
+                           for sub in recorder.subs)
+    names = sorted(name for name in node.get_node_names() if name != node.get_name())
+    return (f"matched subscribers on {subs}; matched publishers on {advertised}; other nodes in "
+            f"the graph: {', '.join(names) or 'none'}")
 
 
 class _LiveRecorder:
@@ -144,21 +172,58 @@ def run_live(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any]) -> 
         return result
     command = spec.command(list(opts.node_command or [sys.executable, "-m",
                                                       "tdfusion_ros.node"]))
+    result["node_command"] = " ".join(command)
+    for key, value in spec.env.items():
+        os.environ.setdefault(key, value)  # our participant needs the same transport
+    for attempt in range(1, _ATTEMPTS + 1):
+        result["domain_id"] = domain
+        result["note"] = (
+            f"The bag was played over DDS (ROS_DOMAIN_ID {domain}, Fast DDS large-data "
+            f"transport) at {opts.speed:g}x its recorded rate with /clock, into the fusion node "
+            "started as fusion.launch.py starts it (same parameters file, use_sim_time:=true). "
+            "The node processes the newest pair and skips the others when inference is slower "
+            "than the cameras; pairs both processed are compared with the offline outputs.")
+        retry = _attempt(opts, setup, offline, command, spec.env, domain, out_topics, result)
+        if not retry or attempt == _ATTEMPTS:
+            break
+        failed_log = live_dir / f"node.attempt{attempt}.log"
+        (live_dir / "node.log").replace(failed_log)
+        shutil.rmtree(live_dir / "fused_bag", ignore_errors=True)
+        opts.log(f"live: {result.pop('error')}; the node's log is kept in {failed_log}. "
+                 f"Restarting the node and the player on ROS_DOMAIN_ID {_next_domain(domain)} "
+                 f"(attempt {attempt + 1} of {_ATTEMPTS})")
+        result.pop("node_exit", None)
+        result["retried_after"] = result.get("retried_after", []) + [domain]
+        domain = _next_domain(domain)
+    if "error" in result:
+        tail = (live_dir / "node.log").read_text(errors="replace")[-3000:]
+        result["node_log_tail"] = tail
+        opts.log(f"live: {result['error']}\nnode log (end):\n{tail}")
+        return result
+    offline_bag = Path(offline["outputs"]["bag"]) if offline["outputs"].get("bag") else None
+    if offline_bag is None:
+        result["error"] = "the offline run wrote no bag (--no-bag): nothing to compare with"
+        return result
+    result["comparison"] = compare_runs(offline_bag, live_dir / "fused_bag",
+                                        thermal16=bool(offline["frames"].get("thermal_16bit")))
+    cmp_ = result["comparison"]
+    opts.log(f"live: {cmp_['both']} pairs processed by both, {cmp_['skipped_by_node']} skipped "
+             f"by the node, images equal {cmp_['images_equal']}/{cmp_['both']}, detections "
+             f"equal {cmp_['detections_equal']}/{cmp_['detections_compared']}")
+    return result
+
+
+def _attempt(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any],
+             command: list[str], node_env: Mapping[str, str], domain: int,
+             out_topics: dict[str, str], result: dict[str, Any]) -> bool:
+    """Start the node, play, record; fills ``result``. True: discovery stalled, worth a retry."""
+    live_dir = opts.out / "live"
     env = dict(os.environ)
-    env.update(spec.env)
+    env.update(node_env)
     env["ROS_DOMAIN_ID"] = str(domain)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     env["PYTHONUNBUFFERED"] = "1"
-    result["node_command"] = " ".join(command)
-    result["note"] = (
-        f"The bag was played over DDS (ROS_DOMAIN_ID {domain}, Fast DDS large-data transport) "
-        f"at {opts.speed:g}x its recorded rate with /clock, into the fusion node started as "
-        "fusion.launch.py starts it (same parameters file, use_sim_time:=true). The node "
-        "processes the newest pair and skips the others when inference is slower than the "
-        "cameras; pairs both processed are compared with the offline outputs.")
-    for key, value in spec.env.items():
-        os.environ.setdefault(key, value)  # our participant needs the same transport
     log_file = (live_dir / "node.log").open("w")
     node_proc = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                  cwd=str(REPO), start_new_session=True)
@@ -166,6 +231,7 @@ def run_live(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any]) -> 
              f"{live_dir / 'node.log'}")
     recorder = None
     context = None
+    retry = False
     try:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
@@ -200,6 +266,9 @@ def run_live(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any]) -> 
                                     "mean": float(arr.mean()), "count": len(latency)}
         if last_diag[0] is not None:
             result["node_counters"] = _node_counters(last_diag[0])
+    except _NotReadyError as err:
+        result["error"] = str(err)
+        retry = node_proc.poll() is None
     except _LiveError as err:
         result["error"] = str(err)
     except Exception as err:  # noqa: BLE001 - the report says what happened
@@ -219,26 +288,15 @@ def run_live(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any]) -> 
                 rclpy.try_shutdown(context=context)
             except Exception:  # noqa: BLE001
                 pass
-    if "error" in result:
-        tail = (live_dir / "node.log").read_text(errors="replace")[-3000:]
-        result["node_log_tail"] = tail
-        opts.log(f"live: {result['error']}\nnode log (end):\n{tail}")
-        return result
-    offline_bag = Path(offline["outputs"]["bag"]) if offline["outputs"].get("bag") else None
-    if offline_bag is None:
-        result["error"] = "the offline run wrote no bag (--no-bag): nothing to compare with"
-        return result
-    result["comparison"] = compare_runs(offline_bag, live_dir / "fused_bag",
-                                        thermal16=bool(offline["frames"].get("thermal_16bit")))
-    cmp_ = result["comparison"]
-    opts.log(f"live: {cmp_['both']} pairs processed by both, {cmp_['skipped_by_node']} skipped "
-             f"by the node, images equal {cmp_['images_equal']}/{cmp_['both']}, detections "
-             f"equal {cmp_['detections_equal']}/{cmp_['detections_compared']}")
-    return result
+    return retry
 
 
 class _LiveError(Exception):
     pass
+
+
+class _NotReadyError(_LiveError):
+    """The node runs but this player and it have not matched: a discovery problem."""
 
 
 def _spin(executor: Any, context: Any) -> None:
@@ -289,6 +347,7 @@ def _play(opts: ReplayOptions, setup: _Setup, node: Any, recorder: _LiveRecorder
 
     # wait until the node is active: subscribed to both cameras, publishing its outputs
     deadline = time.monotonic() + opts.live_timeout
+    announced_since: float | None = None
     while True:
         if node_proc.poll() is not None:
             raise _LiveError(f"the node exited with code {node_proc.returncode} before it was "
@@ -297,9 +356,18 @@ def _play(opts: ReplayOptions, setup: _Setup, node: Any, recorder: _LiveRecorder
                  and recorder.publishers_matched())
         if ready:
             break
-        if time.monotonic() > deadline:
-            raise _LiveError(f"the node was not ready after {opts.live_timeout:g} s (no "
-                             "subscription to the camera topics or no outputs advertised)")
+        now = time.monotonic()
+        if _announced(node, pubs, recorder):
+            announced_since = announced_since or now
+            if now - announced_since > _STALL_S:
+                raise _NotReadyError(
+                    f"discovery stalled: the node's topics were announced {_STALL_S:g} s ago "
+                    f"but none matched this player ({_discovery_state(node, pubs, recorder)})")
+        else:
+            announced_since = None
+        if now > deadline:
+            raise _NotReadyError(f"the node was not ready after {opts.live_timeout:g} s "
+                                 f"({_discovery_state(node, pubs, recorder)})")
         clock.publish(_clock_msg(start_ns))
         time.sleep(0.1)
     for _ in range(5):  # let both directions finish discovery
