@@ -42,10 +42,10 @@ from tdfusion_ros.bags.replay.messages import fused_typestore
 from tdfusion_ros.ros import node_params
 
 # =========================================================================== live mode
-# Fast DDS with LARGE_DATA sometimes never matches two participants that both see each
-# other's endpoints in the ROS graph (about one start in ten here under CI load, while a third
-# participant matched both): after _STALL_S of that, the node and this player are restarted on
-# the next domain, up to _ATTEMPTS starts in all.
+# Fast DDS with LARGE_DATA sometimes never matches the node and this player (2 of about 35
+# starts here, both under load; a third participant started then saw both sides' endpoints).
+# When this player's graph shows the node's endpoints for _STALL_S without a match, or nothing
+# is ready after --live-timeout, both are restarted on the next domain, _ATTEMPTS starts in all.
 _ATTEMPTS = 2
 _STALL_S = 15.0
 
