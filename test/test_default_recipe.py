@@ -106,6 +106,16 @@ def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
                for k, v in trained["state_dict"].items())
     with pytest.raises(ValueError, match="finished run of 1 epochs, not 3"):
         train_detector(fused, tmp_path / "det", epochs=3, batch=4, threads=1)
+    # trained on from a task.pt, the detector starts from its weights (ultralytics' trainer
+    # drops them unless told the model is pretrained); no learning rate, so they stay
+    tuned = train_detector(fused, tmp_path / "tuned", epochs=1, batch=4, threads=1, init=det,
+                           input_size=(384, 512), hyperparameters={
+                               "optimizer": "AdamW", "lr0": 1e-12, "warmup_epochs": 0})
+    start = relabelled["state_dict"]
+    after = torch.load(tuned, map_location="cpu", weights_only=True)["state_dict"]
+    convs = [k for k in start if k.endswith("conv.weight")]
+    assert len(convs) > 50
+    assert all(torch.allclose(after[k], start[k], rtol=1e-3, atol=1e-4) for k in convs)
     with pytest.raises(ValueError, match="finished run of 1 epochs, not 2"):
         train_segmenter(fused, tmp_path / "seg", epochs=2, batch=2, threads=1)
     bundle = tmp_path / "bundle"
@@ -157,6 +167,24 @@ def test_report_shows_the_networks_the_bundle_ships(tmp_path: Path) -> None:
     assert shipped["segmenter"]["mIoU"] == 0.27
     text = (tmp_path / "longer" / "results.md").read_text()
     assert "| `detector_final` | 100 | 384 x 512 | 42.0 | 21.0 | 42.0 | 0.0 | 42.0 |" in text
+    metrics("detector_finetune", 0.47, "det")
+    tuned = Recipe(run_dir=str(tmp_path / "run"), final_detector_epochs=100,
+                   final_detector_input_size=[384, 512],
+                   finetune_detector={"epochs": 30, "imgsz": 512, "lr0": 3e-4})
+    shipped = write_comparison(tuned, tmp_path / "tuned")["shipped"]
+    assert shipped["detector"]["run"] == "detector_finetune"
+    assert shipped["detector"]["trained_from"]["run"] == "detector_final"
+    assert shipped["segmenter"]["run"] == "segmenter_tdfusion_s0"  # no final, no fine-tune
+    rows = [line for line in (tmp_path / "tuned" / "results.md").read_text().splitlines()
+            if line.startswith("| `detector_")]
+    assert [row.split(" | ")[0] for row in rows] == ["| `detector_final`",
+                                                     "| `detector_finetune`"]
+    # runs/ is not committed: a run gone from disk keeps its figures in the next report
+    shutil.rmtree(tmp_path / "run" / "segmenter_tdfusion_s0")
+    again = write_comparison(tuned, tmp_path / "tuned")
+    assert again["arms"]["tdfusion"]["segmentation"]["0"]["mIoU"] == 0.14
+    assert "segmenter" not in again["shipped"]  # what the export ships must be on disk
+    metrics("segmenter_tdfusion_s0", 0.14, "seg")
     as_is = write_comparison(Recipe(run_dir=str(tmp_path / "run")), tmp_path / "as_is")
     assert as_is["shipped"]["detector"]["run"] == "detector_tdfusion_s0"
     assert as_is["shipped"]["segmenter"]["epochs"] == 6
@@ -178,3 +206,26 @@ def test_a_shipped_network_of_other_settings_is_not_taken_as_done(tmp_path: Path
     assert not stages.done("detector_final")  # to be relabelled at the deployed size
     metrics.write_text(json.dumps({"mAP50": 0.4, "epochs": 100, "input_size": [384, 512]}))
     assert stages.done("detector_final")
+
+
+def test_a_fine_tune_is_redone_only_for_its_own_settings(tmp_path: Path) -> None:
+    from training.default_model import Recipe, Stages, load_recipe
+
+    settings = {"epochs": 30, "imgsz": 512, "lr0": 3e-4}
+    assert Stages(Recipe(run_dir=str(tmp_path))).done("detector_finetune")  # none asked
+    stages = Stages(Recipe(run_dir=str(tmp_path), finetune_detector=settings))
+    assert not stages.done("detector_finetune")
+    (tmp_path / "detector_finetune").mkdir()
+    metrics = tmp_path / "detector_finetune" / "metrics.json"
+    metrics.write_text(json.dumps({"mAP50": 0.5, "finetune": {**settings, "lr0": 1e-3}}))
+    assert not stages.done("detector_finetune")
+    metrics.write_text(json.dumps({"mAP50": 0.5, "finetune": settings}))
+    assert stages.done("detector_finetune")
+    assert stages.r.shipped_dir("detector") == tmp_path / "detector_finetune"
+    (tmp_path / "detector_finetune" / "finetune.json").write_text(json.dumps({"epochs": 5}))
+    with pytest.raises(ValueError, match="fine-tune with other settings"):
+        stages._finetune("detector")
+    config = tmp_path / "recipe.yaml"
+    config.write_text("finetune_segmenter: {epochs: 3, imgsz: 512}\n")
+    with pytest.raises(ValueError, match="finetune_segmenter needs epochs and takes only"):
+        load_recipe(config)

@@ -37,6 +37,20 @@ def _size(entry: dict[str, Any]) -> str:
     return f"{size[0]} x {size[1]}" if size else "-"
 
 
+def _chain(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shipped network's row, after the row of the network it was fine-tuned from."""
+    return ([entry["trained_from"]] if "trained_from" in entry else []) + [entry]
+
+
+def _epochs(entry: dict[str, Any]) -> str:
+    tune = entry.get("finetune")
+    if not tune:
+        return str(entry["epochs"])
+    at = f" at {tune['imgsz']} px" if "imgsz" in tune else ""
+    rate = tune.get("lr0", tune.get("lr"))
+    return f"+{entry['epochs']}{at}, lr {rate:g}"
+
+
 def _seconds(path: Path, key: str) -> float | None:
     data = _read(path)
     if data is None:
@@ -48,16 +62,25 @@ def _seconds(path: Path, key: str) -> float | None:
 
 
 def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
+    """The report from the runs on disk. ``runs/`` is not committed: a run no longer there (a
+    fresh checkout that redid only the last stages) keeps its figures and time from the
+    previous ``results.json`` of the same settings instead of vanishing from the report."""
     from training.default_model import ARM_TITLES, ARMS
 
     root = recipe.root
     results: dict[str, Any] = {"arms": {}, "seeds": list(recipe.seeds),
                                "detector": recipe.detector, "segmenter": recipe.segmenter}
+    previous = _read(out_dir / "results.json") or {}
+    if any(previous.get(k) != results[k] for k in ("seeds", "detector", "segmenter")):
+        previous = {}
     for arm in ARMS:
         entry: dict[str, Any] = {"title": ARM_TITLES[arm], "detection": {}, "segmentation": {}}
+        before = previous.get("arms", {}).get(arm, {})
         for seed in recipe.seeds:
             det = _read(root / f"detector_{arm}_s{seed}" / "metrics.json")
             seg = _read(root / f"segmenter_{arm}_s{seed}" / "metrics.json")
+            det = det or before.get("detection", {}).get(str(seed))
+            seg = seg or before.get("segmentation", {}).get(str(seed))
             if det is not None:
                 entry["detection"][str(seed)] = {k: det[k] for k in
                                                  ("mAP50", "mAP50-95", "AP50", "AP50-95")}
@@ -85,10 +108,12 @@ def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
         record = torch.load(path, map_location="cpu", weights_only=True)
         history = record["meta"].get("history") or []
         times[path.parent.name] = history[-1]["time_s"] if history else None
-    results["seconds"] = times
+    results["seconds"] = {**previous.get("seconds", {}), **times}
     if (root / "tdfusion" / "loss_generation.pt").is_file():
         results["g_statistics"] = g_statistics(root / "tdfusion" / "loss_generation.pt",
                                                recipe)
+    elif "g_statistics" in previous:
+        results["g_statistics"] = previous["g_statistics"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(_markdown(results, out_dir))
@@ -96,20 +121,29 @@ def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
 
 
 def shipped_networks(recipe: Any) -> dict[str, Any]:
-    """Validation figures of the detector and segmenter that the export puts in the bundle."""
+    """Validation figures of the detector and segmenter that the export puts in the bundle;
+    a fine-tuned one carries those of the network it started from as ``trained_from``."""
     shipped: dict[str, Any] = {}
     for kind in ("detector", "segmenter"):
-        folder = recipe.final_dir(kind)
-        metrics = _read(folder / "metrics.json")
-        if metrics is not None:
-            keep = ("mAP50", "mAP50-95", "AP50", "AP50-95") if kind == "detector" else \
-                ("mIoU", "IoU")
+        keep = ("mAP50", "mAP50-95", "AP50", "AP50-95") if kind == "detector" else \
+            ("mIoU", "IoU")
+        runs = []
+        for folder in dict.fromkeys((recipe.final_dir(kind), recipe.shipped_dir(kind))):
+            metrics = _read(folder / "metrics.json")
+            if metrics is None:
+                continue
             # what the run recorded; older metrics files lack it, then the recipe's settings
             epochs = metrics.get("epochs") or getattr(recipe, f"final_{kind}_epochs") \
                 or getattr(recipe, kind)["epochs"]
             size = metrics.get("input_size") or recipe.shipped_input_size(kind)
-            shipped[kind] = {"run": folder.name, "epochs": epochs, "input_size": list(size),
-                             **{k: metrics[k] for k in keep}}
+            runs.append({"run": folder.name, "epochs": epochs, "input_size": list(size),
+                         **{k: metrics[k] for k in keep}})
+            if metrics.get("finetune"):
+                runs[-1]["finetune"] = metrics["finetune"]
+        if runs and runs[-1]["run"] == recipe.shipped_dir(kind).name:
+            shipped[kind] = runs[-1]
+            if len(runs) == 2:
+                shipped[kind]["trained_from"] = runs[0]
     return shipped
 
 
@@ -197,20 +231,24 @@ def _markdown(results: dict[str, Any], out_dir: Path) -> str:
     if det or seg:
         lines += ["", "## The shipped detector and segmenter (`models/default`)", "",
                   "Arm (d)'s recipe on TDFusion's fused images with the budget of the recipe's "
-                  "`final_*_epochs` (with 0, arm (d)'s own run); same validation pairs. "
+                  "`final_*_epochs` (with 0, arm (d)'s own run), then, where the recipe sets "
+                  "`finetune_*`, trained on from there (the `*_finetune` row, the one "
+                  "shipped; its epochs are those added); same validation pairs. "
                   "Input sizes are (height, width)."]
     if det:
         lines += ["", "| detector | epochs | input (H, W) | mAP50 | mAP50-95 | "
                   + " | ".join(f"AP50 {c}" for c in det_classes) + " |",
-                  "|---" * (5 + len(det_classes)) + "|",
-                  f"| `{det['run']}` | {det['epochs']} | {_size(det)} | {_fmt([det['mAP50']])} | "
-                  f"{_fmt([det['mAP50-95']])} | "
-                  + " | ".join(_fmt([det["AP50"][c]]) for c in det_classes) + " |"]
+                  "|---" * (5 + len(det_classes)) + "|"]
+        lines += [f"| `{d['run']}` | {_epochs(d)} | {_size(d)} | {_fmt([d['mAP50']])} | "
+                  f"{_fmt([d['mAP50-95']])} | "
+                  + " | ".join(_fmt([d["AP50"][c]]) for c in det_classes) + " |"
+                  for d in _chain(det)]
     if seg:
         lines += ["", "| segmenter | epochs | input (H, W) | mIoU | " + " | ".join(seg_classes)
-                  + " |", "|---" * (4 + len(seg_classes)) + "|",
-                  f"| `{seg['run']}` | {seg['epochs']} | {_size(seg)} | {_fmt([seg['mIoU']])} | "
-                  + " | ".join(_fmt([seg["IoU"][c]]) for c in seg_classes) + " |"]
+                  + " |", "|---" * (4 + len(seg_classes)) + "|"]
+        lines += [f"| `{g['run']}` | {_epochs(g)} | {_size(g)} | {_fmt([g['mIoU']])} | "
+                  + " | ".join(_fmt([g["IoU"][c]]) for c in seg_classes) + " |"
+                  for g in _chain(seg)]
     lines += ["", "## Run times on this machine (2 CPU cores, seconds)", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v if v is not None else '-'} |" for k, v in results["seconds"].items()]

@@ -21,7 +21,10 @@ processes with disjoint stage lists:
 5. ``detector_final``, ``segmenter_final``: the shipped task networks: arm (d)'s recipe on
    TDFusion's fused images with a longer budget (``final_*_epochs``), or arm (d)'s networks
    as they are when that is 0.
-6. ``export``: TDFusion's F with those two into the bundle (``models/default``).
+6. ``detector_finetune``, ``segmenter_finetune`` (when ``finetune_*`` is set): those two
+   trained on with a small learning rate and no warm-up, the detector at its deployed scale:
+   a second, short schedule that a from-scratch run of the same length does not give.
+7. ``export``: TDFusion's F with the shipped two into the bundle (``models/default``).
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ class Recipe:
     final_detector_epochs: int = 0    # the shipped detector's budget (0: arm (d)'s as is)
     final_detector_input_size: list[int] | None = None  # its deployed (H, W); None: detector's
     final_segmenter_epochs: int = 0   # the shipped segmenter's budget (0: arm (d)'s as is)
+    # then trained on from the final ones: detector {epochs, imgsz, lr0, close_mosaic},
+    # segmenter {epochs, lr}; None: the final ones are shipped
+    finetune_detector: dict[str, Any] | None = None
+    finetune_segmenter: dict[str, Any] | None = None
     threads: int = 2
 
     @property
@@ -71,11 +78,18 @@ class Recipe:
         return REPO / self.run_dir
 
     def final_dir(self, kind: str) -> Path:
-        """Where the shipped ``kind`` ("detector"/"segmenter") is: with 0 final epochs, arm
-        (d)'s network as it is."""
+        """Where the ``kind`` ("detector"/"segmenter") of the ``*_final`` stage is: with 0
+        final epochs, arm (d)'s network as it is."""
         if not getattr(self, f"final_{kind}_epochs"):
             return self.root / f"{kind}_tdfusion_s{self.seeds[0]}"
         return self.root / f"{kind}_final"
+
+    def finetune(self, kind: str) -> dict[str, Any] | None:
+        return getattr(self, f"finetune_{kind}")
+
+    def shipped_dir(self, kind: str) -> Path:
+        """Where the network that the export ships is: fine-tuned, or else the final one."""
+        return self.root / f"{kind}_finetune" if self.finetune(kind) else self.final_dir(kind)
 
     def shipped_input_size(self, kind: str) -> list[int]:
         """The (H, W) the shipped ``kind`` runs at: the detector's own when it is trained."""
@@ -95,6 +109,15 @@ def load_recipe(path: str | Path | None) -> Recipe:
     if recipe.final_detector_input_size and not recipe.final_detector_epochs:
         raise ValueError(f"{path}: final_detector_input_size needs final_detector_epochs > 0 "
                          "(it sizes the detector_final stage's network)")
+    for kind, needed, allowed in (("detector", {"epochs"}, {"epochs", "imgsz", "lr0",
+                                                            "close_mosaic"}),
+                                  ("segmenter", {"epochs"}, {"epochs", "lr"})):
+        settings = recipe.finetune(kind)
+        if settings is None:
+            continue
+        if not isinstance(settings, dict) or not needed <= set(settings) <= allowed:
+            raise ValueError(f"{path}: finetune_{kind} needs {', '.join(sorted(needed))} and "
+                             f"takes only {', '.join(sorted(allowed))}; got {settings!r}")
     return recipe
 
 
@@ -134,6 +157,9 @@ class Stages:
                   self.r.final_dir("detector") / "metrics.json")
         self._add("segmenter_final", self._segmenter_final,
                   self.r.final_dir("segmenter") / "metrics.json")
+        for kind in ("detector", "segmenter"):
+            self._add(f"{kind}_finetune", lambda k=kind: self._finetune(k),
+                      root / f"{kind}_finetune" / "metrics.json")
         self._add("evaluate", self._evaluate, REPO / recipe.results_dir / "results.json")
         self._add("export", self._export, REPO / recipe.bundle / "bundle.yaml")
 
@@ -144,6 +170,10 @@ class Stages:
         """Its output exists and, for the shipped networks, was made with today's settings (a
         run of an earlier recipe is redone, or relabelled when only the input size changed)."""
         output = {n: out for n, _, out in self.order}[name]
+        if name.endswith("_finetune"):
+            settings = self.r.finetune(name.removesuffix("_finetune"))
+            return settings is None or (output.is_file() and json.loads(
+                output.read_text()).get("finetune") == settings)
         if not output.is_file():
             return False
         kind = name.removesuffix("_final")
@@ -220,19 +250,63 @@ class Stages:
         _log(f"segmenter {out.name}: mIoU {metrics['mIoU']:.3f}")
 
     def _detector_final(self) -> None:
-        """The shipped detector: arm (d)'s recipe with ``final_detector_epochs`` epochs, from
-        scratch (0: arm (d)'s stage already made it), deployed and evaluated at
-        ``final_detector_input_size``. Training on from arm (d)'s weights with a fresh warm-up
-        lost more than it gained."""
+        """The deployed detector (or the start of its fine-tune): arm (d)'s recipe with
+        ``final_detector_epochs`` epochs, from scratch (0: arm (d)'s stage already made it),
+        deployed and evaluated at
+        ``final_detector_input_size``."""
         if self.r.final_detector_epochs:
             self._detector("tdfusion", self.r.seeds[0], self.r.final_detector_epochs,
                            self.r.final_dir("detector"), self.r.shipped_input_size("detector"))
 
     def _segmenter_final(self) -> None:
-        """The shipped segmenter, likewise: arm (d)'s recipe, ``final_segmenter_epochs`` epochs."""
+        """The deployed segmenter (or the start of its fine-tune), likewise: arm (d)'s recipe,
+        ``final_segmenter_epochs`` epochs."""
         if self.r.final_segmenter_epochs:
             self._segmenter("tdfusion", self.r.seeds[0], self.r.final_segmenter_epochs,
                             self.r.final_dir("segmenter"))
+
+    def _finetune(self, kind: str) -> None:
+        """Train the final ``kind`` on (see ``finetune_*``); its folder is what gets shipped."""
+        from training.fused_dataset import FusedDataset
+
+        settings = self.r.finetune(kind)
+        if settings is None:
+            return
+        init = self.r.final_dir(kind) / "task.pt"
+        out = self.r.shipped_dir(kind)
+        seed = self.r.seeds[0]
+        out.mkdir(parents=True, exist_ok=True)
+        asked = out / "finetune.json"  # a rerun with other settings must not resume this one
+        if asked.is_file() and json.loads(asked.read_text()) != settings:
+            raise ValueError(f"{out} holds a fine-tune with other settings "
+                             f"({asked.read_text().strip()}): remove it to train anew")
+        asked.write_text(json.dumps(settings))
+        data = FusedDataset(self.r.root / "fused" / "tdfusion")
+        if kind == "detector":
+            from training.train_detector import evaluate_detector, train_detector
+
+            size = self.r.shipped_input_size(kind)
+            task_pt = train_detector(
+                data, out, epochs=settings["epochs"], batch=self.r.detector["batch"], seed=seed,
+                imgsz=settings.get("imgsz", self.r.detector["imgsz"]), threads=self.r.threads,
+                input_size=tuple(size), close_mosaic=settings.get("close_mosaic", 5), init=init,
+                hyperparameters={"optimizer": "AdamW", "lr0": settings.get("lr0", 3e-4),
+                                 "lrf": 0.1, "warmup_epochs": 0})
+            metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
+        else:
+            from training.train_segmenter import evaluate_segmenter, train_segmenter
+
+            size = self.r.segmenter["input_size"]
+            task_pt = train_segmenter(
+                data, out, epochs=settings["epochs"], batch=self.r.segmenter["batch"],
+                lr=settings.get("lr", 5e-4), seed=seed, threads=self.r.threads,
+                input_size=tuple(size), init=init, log=_log)
+            metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
+        metrics.update(epochs=settings["epochs"], input_size=list(size), finetune=settings,
+                       init=self.r.final_dir(kind).name)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _log(f"{kind} fine-tuned: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
+                                                 ("mAP50", "mAP50-95", "mIoU") if k in metrics))
 
     def _evaluate(self) -> None:
         from training.comparison_report import write_comparison
@@ -242,12 +316,12 @@ class Stages:
     def _export(self) -> None:
         """The bundle; the detector's score threshold is where its F1 peaks on validation."""
         root = self.r.root
-        metrics = json.loads((self.r.final_dir("detector") / "metrics.json").read_text())
+        metrics = json.loads((self.r.shipped_dir("detector") / "metrics.json").read_text())
         command = [sys.executable, str(REPO / "training" / "export.py"),
                    "--conf-threshold", str(metrics["best_f1_conf"]),
                    "--fusion", str(root / "tdfusion" / "fusion.pt"),
-                   "--task", str(self.r.final_dir("detector") / "task.pt"),
-                   "--task", str(self.r.final_dir("segmenter") / "task.pt"),
+                   "--task", str(self.r.shipped_dir("detector") / "task.pt"),
+                   "--task", str(self.r.shipped_dir("segmenter") / "task.pt"),
                    "--out", str(REPO / self.r.bundle)]
         _log("export: " + " ".join(command))
         subprocess.run(command, check=True)

@@ -67,6 +67,16 @@ def _offline_ultralytics(threads: int) -> None:
     torch_utils.NUM_THREADS = threads  # the trainer calls torch.set_num_threads with it
 
 
+def _is_task_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is one of our ``task.pt`` records (an ultralytics file is not: it
+    pickles the model, so ``weights_only`` refuses it)."""
+    try:
+        load_task_checkpoint(path)
+    except Exception:  # noqa: BLE001 - any refusal means "not ours"
+        return False
+    return True
+
+
 def _ultralytics_weights(path: Path) -> dict[str, torch.Tensor]:
     """The float32 state dict of an ultralytics checkpoint this program has just written.
 
@@ -79,12 +89,34 @@ def _ultralytics_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in model.state_dict().items()}
 
 
+def _ultralytics_init(task_pt: Path, out: Path) -> Path:
+    """An ultralytics checkpoint holding a ``task.pt`` detector's weights, for its trainer to
+    start from (it takes a model file, not a state dict)."""
+    from ultralytics import YOLO
+
+    record = load_task_checkpoint(task_pt)
+    if record["task"] != "detection":
+        raise ValueError(f"{task_pt}: a {record['task']} checkpoint, not a detector")
+    task = DetectionTask(len(record["classes"]))
+    task.model.load_state_dict(record["state_dict"])
+    model = YOLO("yolov8n.yaml", task="detect")
+    model.model = task.model
+    path = out / "init.pt"
+    model.save(path)
+    return path
+
+
 def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, imgsz: int = 320,
                    batch: int = 16, seed: int = 0, threads: int = 2,
                    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, close_mosaic: int = 5,
-                   init: str | Path | None = None) -> Path:
-    """Train from scratch (or on from ``init``, an ultralytics checkpoint of an earlier run of
-    this program) and write ``OUT/task.pt``.
+                   init: str | Path | None = None,
+                   hyperparameters: dict[str, Any] | None = None) -> Path:
+    """Train from scratch (or on from ``init``: a ``task.pt`` detector, or an ultralytics
+    checkpoint of an earlier run of this program) and write ``OUT/task.pt``.
+
+    ``hyperparameters`` go to ultralytics' trainer as they are (``optimizer``, ``lr0``,
+    ``warmup_epochs``, ...): training on from ``init`` needs a small ``lr0`` and no warm-up,
+    whose bias learning rate of 0.1 undoes a trained detector.
 
     Re-running with the same ``out`` resumes an interrupted run and skips a finished one; a
     finished one asked for another ``input_size`` (the deployed size) is relabelled.
@@ -112,17 +144,24 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
     last = run_dir / "weights" / "last.pt"
     args = dict(data=str(data.data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
                 device="cpu", workers=0, deterministic=True, amp=False, plots=False, val=False,
-                project=str(out), name="yolo", exist_ok=True, pretrained=False, cache="ram",
-                close_mosaic=close_mosaic, verbose=False)
+                project=str(out), name="yolo", exist_ok=True, cache="ram",
+                pretrained=init is not None,  # False would drop the weights of `init`
+                close_mosaic=close_mosaic, verbose=False, **(hyperparameters or {}))
     started = time.time()
     if last.is_file():
         YOLO(str(last)).train(resume=True)
     else:
-        YOLO(str(init) if init else "yolov8n.yaml").train(**args)
+        start = "yolov8n.yaml"
+        if init is not None:
+            init = Path(init)
+            out.mkdir(parents=True, exist_ok=True)
+            start = str(_ultralytics_init(init, out) if _is_task_checkpoint(init) else init)
+        YOLO(start).train(**args)
     state = _ultralytics_weights(last)
     meta = {"trained_by": "training/train_detector.py", "data": str(data.root),
             "fused": data.info["request"].get("source"), "epochs": epochs, "imgsz": imgsz,
             "batch": batch, "seed": seed, "init": str(init) if init else None,
+            "hyperparameters": hyperparameters or {},
             "seconds": round(time.time() - started, 1)}
     return save_task_checkpoint(task_path, "detection", data.detection_classes, input_size,
                                 state, meta)

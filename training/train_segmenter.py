@@ -148,7 +148,7 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
             loss.backward()
             optimizer.step()
             schedule.step()
-            total_loss += float(loss)
+            total_loss += float(loss.detach())
         history.append({"epoch": epoch, "loss": round(total_loss / steps_per_epoch, 4),
                         "time_s": round(time.time() - started, 1)})
         log(f"[seg] epoch {epoch + 1}/{epochs} loss {history[-1]['loss']:.4f} "
