@@ -60,12 +60,34 @@ def _start_feeder(domain: int, log: Path, *extra: str) -> subprocess.Popen:
 SIGINT_DELAYS = [0.0, 0.001, 0.005, 0.02, 0.05, 0.1, 0.15, 0.25, 0.4, 0.8] * 2
 
 
+# Fast DDS sometimes never matches a long-lived participant with a re-created one (a CI run saw
+# it once in 20 node restarts against one feeder; upstream knows such stalls for its TCP
+# transport, which LARGE_DATA uses). In the live replay a fresh participant matched at once, so
+# the feeder is restarted: the test stays on its subject, Ctrl-C. More restarts than this would
+# be a problem of its own.
+FEEDER_RESTARTS_ALLOWED = 2
+
+
 def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> None:
     domain = domain_id()
-    feeder_log = tmp_path / "feeder.log"
-    feeder = _start_feeder(domain, feeder_log)
-    spec = node_params.launch_spec({"backend": "onnxruntime"})  # default bundle: F only
-    failures = []
+    feeders: list[tuple[subprocess.Popen, Path]] = []
+
+    def start_feeder() -> None:
+        log = tmp_path / f"feeder{len(feeders)}.log"
+        feeders.append((_start_feeder(domain, log), log))
+
+    def fused_frames() -> int:
+        return feeders[-1][1].read_text().count("fused ")
+
+    def wait_for_fused_frame(before: int, timeout: float, node: subprocess.Popen) -> bool:
+        deadline = time.monotonic() + timeout
+        while fused_frames() <= before and time.monotonic() < deadline and node.poll() is None:
+            time.sleep(0.02)
+        return fused_frames() > before
+
+    start_feeder()
+    spec = node_params.launch_spec({"backend": "onnxruntime"})  # the default bundle
+    failures, restarts = [], []
     try:
         for run, delay in enumerate(SIGINT_DELAYS):
             log = tmp_path / f"node{run}.log"
@@ -76,14 +98,15 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
             try:
                 assert _wait_for(log, "active:", 120, node), log.read_text()
                 # Wait until this node has published a fused frame (the worker is then busy
-                # with the next one: F takes ~0.2 s a frame here), then land the first
-                # SIGINT at a different point of the frame cycle each run.
-                before = feeder_log.read_text().count("fused ")
-                deadline = time.monotonic() + 120
-                while (feeder_log.read_text().count("fused ") <= before
-                       and time.monotonic() < deadline and node.poll() is None):
-                    time.sleep(0.02)
-                if feeder_log.read_text().count("fused ") <= before:
+                # with the next one), then land the first SIGINT at a different point of the
+                # frame cycle each run.
+                if not wait_for_fused_frame(fused_frames(), 30, node) and node.poll() is None:
+                    restarts.append(run)
+                    feeders[-1][0].kill()
+                    feeders[-1][0].wait()
+                    start_feeder()
+                    wait_for_fused_frame(0, 90, node)
+                if fused_frames() == 0 or node.poll() is not None:
                     failures.append(f"run {run}: no fused frame within 120 s\n"
                                     f"{log.read_text()[-2000:]}")
                 time.sleep(0.037 * (run % 6))
@@ -101,12 +124,15 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
                 failures.append(f"run {run} (second SIGINT after {delay} s): exit {code}\n"
                                 f"{text[-2000:]}")
     finally:
-        feeder.kill()
-        feeder.wait()
-    feed = feeder_log.read_text()
+        for feeder, _ in feeders:
+            feeder.kill()
+            feeder.wait()
+    feed = "".join(log.read_text() for _, log in feeders)
     assert "published" in feed and "fused" in feed, feed[-2000:]  # the node was fusing frames
     assert not failures, f"{len(failures)} of {len(SIGINT_DELAYS)} runs failed:\n" + \
         "\n".join(failures)
+    assert len(restarts) <= FEEDER_RESTARTS_ALLOWED, \
+        f"the feeder had to be restarted for runs {restarts}: DDS matching stalls too often"
 
 
 # ============================================================================ parameters
