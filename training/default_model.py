@@ -1,6 +1,6 @@
 """The recipe of the shipped default model (``models/default``) and its comparison (Table 2).
 
-    python training/default_model.py                       # every stage, in order (~2 h, 2 cores)
+    python training/default_model.py                       # every stage, in order (~4.3 h here)
     python training/default_model.py --stages fusion_fixed,fused_fixed --threads 1   # a part
     python training/default_model.py --list                # the stages and whether each is done
 
@@ -252,8 +252,7 @@ class Stages:
     def _detector_final(self) -> None:
         """The deployed detector (or the start of its fine-tune): arm (d)'s recipe with
         ``final_detector_epochs`` epochs, from scratch (0: arm (d)'s stage already made it),
-        deployed and evaluated at
-        ``final_detector_input_size``."""
+        deployed and evaluated at ``final_detector_input_size``."""
         if self.r.final_detector_epochs:
             self._detector("tdfusion", self.r.seeds[0], self.r.final_detector_epochs,
                            self.r.final_dir("detector"), self.r.shipped_input_size("detector"))

@@ -115,8 +115,8 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
     checkpoint of an earlier run of this program) and write ``OUT/task.pt``.
 
     ``hyperparameters`` go to ultralytics' trainer as they are (``optimizer``, ``lr0``,
-    ``warmup_epochs``, ...): training on from ``init`` needs a small ``lr0`` and no warm-up,
-    whose bias learning rate of 0.1 undoes a trained detector.
+    ``warmup_epochs``, ...): training on from ``init`` wants a small ``lr0`` and no warm-up
+    (the trainer's warm-up starts the biases at a learning rate of 0.1).
 
     Re-running with the same ``out`` resumes an interrupted run and skips a finished one; a
     finished one asked for another ``input_size`` (the deployed size) is relabelled.
