@@ -40,8 +40,10 @@ Algorithm 1, per epoch:
     -eta (2/N) (I_vis - I_ir) (J_F v)_p.) Then one vector-Jacobian product through G gives
     dL_outer/dtheta_G. The gradient term of L_f and the lambda * L_t term of ablation III do
     not depend on w and drop out. Cost: F forward/backward (first order) for F', the outer
-    loss forward/backward for v, one forward-mode pass of F (``torch.func.jvp``), G backward;
-    no second-order graph is kept. With ``fused_image="weighted_sum"`` there is no F' (G
+    loss forward/backward for v, one forward-mode pass of F (``torch.func.jvp``), G forward
+    twice (without a graph for w, then with one for the VJP: keeping G's graph through the
+    step would hold about 2 GB at the default size) and G backward; no second-order graph is
+    kept. With ``fused_image="weighted_sum"`` there is no F' (G
     reaches the outer loss directly), so that ablation always takes the reference path.
 * Learning of F and T, ``learning_step`` on every training batch: F by L_f with G's weights
   detached, T by L_t on the detached fused image.
@@ -420,9 +422,12 @@ def _closed_form_meta_gradient(
         raise ValueError("fused_image='network' needs a fusion network")
     eta = config.inner_lr
     ir, vis = meta_train.ir_crop, meta_train.vis_crop
-    w = _weights(nets, g_params, ir, vis)  # its graph to theta_G is kept for the final VJP
+    # G's weights without a graph: G runs again with one for the final VJP. Holding this
+    # forward's graph through the step cost about 2 GB at the default size and set the peak.
+    with torch.no_grad():
+        w = _weights(nets, g_params, ir, vis)
     f_params = trainable_params(nets.fusion)
-    l_f, _ = _fusion_objective(nets, config, meta_train, f_params, None, w.detach())
+    l_f, _ = _fusion_objective(nets, config, meta_train, f_params, None, w)
     # F' = F - eta * dL_f/dtheta_F, first order; leaves, so v = dL_outer/dtheta_F' below.
     f_fast = {
         n: (p - eta * g).detach().requires_grad_(True)
@@ -447,10 +452,15 @@ def _closed_form_meta_gradient(
 
     fused, jv = torch.func.jvp(fusion_of, (primals,), (dict(zip(f_params, v)),))
     cotangent = _intensity_weight_cotangent(
-        fused, ir, vis, w.detach(), jv, config.fusion_loss.intensity_form, eta
+        fused, ir, vis, w, jv, config.fusion_loss.intensity_form, eta
     )
+    del fused, jv
     grads = torch.autograd.grad(
-        w, list(g_params.values()), cotangent, allow_unused=True, materialize_grads=True
+        _weights(nets, g_params, ir, vis),
+        list(g_params.values()),
+        cotangent,
+        allow_unused=True,
+        materialize_grads=True,
     )
     losses = MetaLosses(outer.detach(), inner.fusion_loss, inner.task_loss)
     return MetaGradient(dict(zip(g_params, grads)), losses, cotangent)
