@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -72,7 +73,7 @@ def _is_task_checkpoint(path: Path) -> bool:
     pickles the model, so ``weights_only`` refuses it)."""
     try:
         load_task_checkpoint(path)
-    except Exception:  # noqa: BLE001 - any refusal means "not ours"
+    except (pickle.UnpicklingError, ValueError):  # refused by weights_only, or not a task.pt
         return False
     return True
 
