@@ -112,6 +112,20 @@ def test_graph_reads_its_size_from_the_inputs_only(bundle_dir: Path) -> None:
     assert read and read <= {"ir", "vis"}
 
 
+def test_layer_norms_stay_in_the_maps_layout(bundle_dir: Path) -> None:
+    """ONNX Runtime's LayerNormalization needs channels-last rows, so each one cost a transpose
+    and a layout reorder on both sides (and a quarter of F's time on an Intel CPU); the graph
+    computes the norms with convolutions instead."""
+    import onnx
+
+    model = onnx.load(str(bundle_dir / "fusion.onnx"))
+    ops = [node.op_type for node in model.graph.node]
+    channels_last = [node for node in model.graph.node if node.op_type == "Transpose"
+                     and list(onnx.helper.get_attribute_value(node.attribute[0])) == [0, 2, 3, 1]]
+    assert "LayerNormalization" not in ops and not channels_last
+    assert ops.count("Conv") >= 100  # the centring and variance convolutions are there
+
+
 def test_parity_check_refuses_a_graph_from_other_weights(bundle_dir: Path,
                                                          official_net: FusionNet,
                                                          two_sizes: list) -> None:
