@@ -113,10 +113,11 @@ def pointwise_then_depthwise(pointwise: nn.Conv2d, depthwise: nn.Conv2d,
     convolution takes over (W diag(gamma) n + W beta), so :class:`CentredNorm` can leave it out.
     """
     index = torch.tensor(list(rows))
-    weight = pointwise.weight[index]
-    first = _conv(weight)
-    if norm is not None:
-        first = _conv(weight * norm.weight[None, :, None, None])
+    weight = pointwise.weight[index].detach()
+    if norm is None:
+        first = _conv(weight)
+    else:
+        first = _conv(weight * norm.weight.detach()[None, :, None, None])
         first.bias = nn.Parameter(weight[:, :, 0, 0] @ norm.bias.detach())
     return nn.Sequential(first, _conv(depthwise.weight[index], groups=len(rows)))
 
