@@ -689,6 +689,8 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
         settle(0.3)
         play("paused", 10)
         settle(0.5)
+        # a diagnostic that arrives once the node is enabled again is not a "paused" one
+        phase[0] = "enabling"
         reply = call(enable, SetBool.Request(data=True))
         record["services"]["enable"] = {"success": reply.success, "message": reply.message}
         play("resumed", 10)
