@@ -14,20 +14,24 @@ copied, re-laid-out or re-read besides the arithmetic itself:
 
 * ``chunk`` after a convolution becomes separate convolutions over the row groups of the
   same weights: no Slice copies, and each piece stays in the blocked layout.
-* Attention q/k/v come out of one convolution ordered head by head ([q_h, k_h, v_h]).
+* Attention q and k come out of one convolution ordered head by head ([q_h, k_h]), v out of
+  another: each head's Gram matrix reads only q and k, and the mix only v.
 * The per-pixel LayerNorm over 16 or 32 channels never leaves the blocked layout: the
   centred map is one 1x1 convolution (by I - 11^T / C), its variance another on the squares,
-  and the affine goes into the pointwise convolution that follows. As ONNX Runtime's
-  LayerNormalization it needed a transpose and a reorder on each side and ran at about
-  2 GB/s on rows of 16 values: a quarter of F's time on this Intel CPU (its profile, 12
-  calls, 248 of 1002 ms).
+  1 / sqrt(variance) (one channel, the only part out of the blocked layout) comes back as C
+  channels through a 1 -> C convolution, and the affine goes into the pointwise convolutions
+  that follow. As ONNX Runtime's LayerNormalization it needed a transpose and a reorder on
+  each side and ran at about 2 GB/s on rows of 16 values: a quarter of F's time on an Intel
+  Xeon (its profile, 12 calls, 248 of 1002 ms). Dividing the centred map by the root moved
+  the C-channel map out of the blocked layout and back in each norm (AMD EPYC: F 7 % slower).
 * ``F.normalize`` of q and k over all pixels is never materialised: one batched product
-  X X^T per head gives q.k^T and, on its diagonal, the squared norms; q_hat.k_hat^T is
-  q.k^T / (|q| |k|^T) exactly (with the same eps clamp).
-* After the (tiny) softmax, each head's d x d matrix, padded with zero columns for q and k,
-  is applied to that head's rows of qkv as they lie: one batched (heads, d, 3d) @
-  (heads, 3d, HW) product, no slicing copy. (An earlier version applied blockdiag(A) as one
-  dense C x 3C product, two thirds zeros and 3C/d times the needed work.) The constant output
+  X X^T per head, X = [q_h; k_h], gives q.k^T and, on its diagonal, the squared norms;
+  q_hat.k_hat^T is q.k^T / (|q| |k|^T) exactly (with the same eps clamp).
+* After the (tiny) softmax, each head's d x d matrix multiplies that head's rows of v: one
+  batched (heads, d, d) @ (heads, d, HW) product. (Earlier versions applied blockdiag(A) as
+  one dense C x 3C product, two thirds zeros, and then each head's matrix padded with zero
+  columns to the rows of one qkv tensor, which made the Gram product 3d x 3d and the mix
+  read q and k for nothing: F 5 % slower on an AMD EPYC.) The constant output
   projection stays a 1x1 convolution: ONNX Runtime then adds the residual inside that
   convolution and the residual stream never leaves the blocked layout (this needs the
   symbolic shapes that :func:`annotate_symbolic_shapes` writes into the graph).
@@ -122,18 +126,23 @@ def pointwise_then_depthwise(pointwise: nn.Conv2d, depthwise: nn.Conv2d,
     return nn.Sequential(first, _conv(depthwise.weight[index], groups=len(rows)))
 
 
-def head_grouped_rows(channels: int, heads: int) -> list[int]:
-    """Row order [q_h, k_h, v_h for each head h] of a (q; k; v) stacked qkv projection."""
+def head_grouped_qk_rows(channels: int, heads: int) -> list[int]:
+    """Row order [q_h, k_h for each head h] of the q and k parts of a (q; k; v) stacked
+    projection: each head's Gram matrix is then one batched product over contiguous rows."""
     dim = channels // heads
     return [part * channels + head * dim + i
-            for head in range(heads) for part in range(3) for i in range(dim)]
+            for head in range(heads) for part in range(2) for i in range(dim)]
 
 
 class CentredNorm(nn.Module):
     """Restormer's per-pixel LayerNorm over channels, without its affine (see
     ``pointwise_then_depthwise``), computed where the map lies (NCHW, blocked in ONNX Runtime):
     x - mean(x) is one 1x1 convolution by the centring matrix I - 11^T / C, the variance one
-    more, C -> 1, on the squares."""
+    more, C -> 1, on the squares. Only that one-channel variance leaves the blocked layout
+    (ONNX Runtime has no blocked Sqrt, Div or channel broadcast); its reciprocal root comes
+    back as C equal channels through a 1 -> C convolution of ones, and the multiply by it stays
+    blocked. Dividing the centred map by the root instead moved the C-channel map out of the
+    blocked layout and back again in each norm."""
 
     def __init__(self, body: nn.LayerNorm) -> None:
         super().__init__()
@@ -141,11 +150,13 @@ class CentredNorm(nn.Module):
         centring = torch.eye(channels) - 1.0 / channels
         self.centre = _conv(centring[:, :, None, None])
         self.mean = _conv(torch.full((1, channels, 1, 1), 1.0 / channels))
+        self.broadcast = _conv(torch.ones(channels, 1, 1, 1))
         self.eps = body.eps
 
     def forward(self, x: Tensor) -> Tensor:
         centred = self.centre(x)
-        return centred / torch.sqrt(self.mean(centred * centred) + self.eps)
+        inverse_std = 1.0 / torch.sqrt(self.mean(centred * centred) + self.eps)
+        return centred * self.broadcast(inverse_std)
 
 
 def attention_matrix(qk: Tensor, q_norm: Tensor, k_norm: Tensor, temperature: Tensor) -> Tensor:
@@ -158,7 +169,7 @@ Size = tuple[Any, Any]  # (height, width), traced from the graph input
 
 
 class GroupedAttention(nn.Module):
-    """x + MDTA(norm(x)) from one head-grouped qkv tensor (see the module docstring)."""
+    """x + MDTA(norm(x)) from a head-grouped q/k tensor and a v tensor (module docstring)."""
 
     def __init__(self, block: RestormerBlock) -> None:
         super().__init__()
@@ -166,22 +177,25 @@ class GroupedAttention(nn.Module):
         self.channels = attn.project_out.weight.shape[0]
         self.heads = attn.temperature.shape[0]
         self.norm = CentredNorm(block.norm1.body)
-        self.qkv = pointwise_then_depthwise(attn.qkv, attn.qkv_dwconv,
-                                            head_grouped_rows(self.channels, self.heads),
-                                            block.norm1.body)
+        self.qk = pointwise_then_depthwise(attn.qkv, attn.qkv_dwconv,
+                                           head_grouped_qk_rows(self.channels, self.heads),
+                                           block.norm1.body)
+        self.v = pointwise_then_depthwise(attn.qkv, attn.qkv_dwconv,
+                                          range(2 * self.channels, 3 * self.channels),
+                                          block.norm1.body)
         self.temperature = nn.Parameter(attn.temperature.detach().clone())
         self.project = _conv(attn.project_out.weight)
-        self.register_buffer("eye", torch.eye(3 * (self.channels // self.heads)))
+        self.register_buffer("eye", torch.eye(2 * (self.channels // self.heads)))
 
     def forward(self, x: Tensor, size: Size) -> Tensor:
         heads, dim = self.heads, self.channels // self.heads
-        qkv = self.qkv(self.norm(x)).reshape(heads, 3 * dim, -1)
-        gram = qkv @ qkv.transpose(1, 2)
+        y = self.norm(x)
+        qk = self.qk(y).reshape(heads, 2 * dim, -1)
+        gram = qk @ qk.transpose(1, 2)
         norms = (gram * self.eye).sum(-1).sqrt()
-        attn = attention_matrix(gram[:, :dim, dim:2 * dim], norms[:, :dim, None],
-                                norms[:, None, dim:2 * dim], self.temperature)
-        # Per head, A with zero columns for q and k: reads qkv as it lies (no slicing copy).
-        out = F.pad(attn, (2 * dim, 0)) @ qkv
+        attn = attention_matrix(gram[:, :dim, dim:], norms[:, :dim, None],
+                                norms[:, None, dim:], self.temperature)
+        out = attn @ self.v(y).reshape(heads, dim, -1)
         return x + self.project(out.reshape(1, self.channels, *size))
 
 
