@@ -16,6 +16,10 @@
 #   DEMO_SPEED [1.0]          live playback rate factor
 #   DEMO_BUNDLE [models/default, else exported from models/fusion_default.pt]
 #   DEMO_METRICS [24]         pairs on which the fusion metrics are computed (-1: all)
+#   DEMO_SEG_MAP [scenes_to_mfnet when the bundle's segmenter has the MFNet classes, else none]
+#                             replay_eval --seg-class-map: the scenes' label classes (background,
+#                             road, ...) onto the segmenter's (background and road are MFNet's
+#                             "unlabeled"), so that the report's mIoU measures what it names
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -64,6 +68,19 @@ say "writing $bag: $scenes generated scenes at $size"
 # Offline replay (and the live run into the node, compared with it).
 args=("$bag" --bundle "$bundle" --offset-from-bag --out "$out/replay" --overwrite
       --metrics-frames "$metrics")
+seg_map="${DEMO_SEG_MAP-auto}"
+if [ "$seg_map" = "auto" ]; then
+  seg_map=""
+  if "$py" -c 'import sys, yaml
+g = yaml.safe_load(open(sys.argv[1] + "/bundle.yaml"))["graphs"].get("segmenter") or {}
+sys.exit(0 if "unlabeled" in (g.get("class_names") or []) else 1)' "$bundle" 2>/dev/null; then
+    seg_map="scenes_to_mfnet"
+  fi
+fi
+if [ -n "$seg_map" ]; then
+  say "segmentation scored with the class map $seg_map (scene classes -> the segmenter's)"
+  args+=(--seg-class-map "$seg_map")
+fi
 node_ok=0
 if [ "$live" = "1" ]; then
   if "$py" -c "import rclpy, vision_msgs.msg, tdfusion_ros.node" 2>/dev/null; then

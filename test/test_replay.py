@@ -366,6 +366,83 @@ def test_iou_is_exactly_one_when_the_label_maps_are_the_predictions(
     assert seg["mIoU"] is None and "no segmenter" in seg["note"]
 
 
+@pytest.fixture(scope="module")
+def scene_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three generated scenes (labels in the generator's classes: background, road, ...)."""
+    out = tmp_path_factory.mktemp("replay_bags") / "scenes"
+    build_from_scenes(3, out, TimingConfig(thermal_rate_hz=10.0, rgb_rate_hz=30.0,
+                                           thermal_offset_ms=15.0, seed=11), size=SIZE)
+    return out
+
+
+def test_a_class_map_merges_label_classes_before_miou(
+        scene_bag: Path, seg_bundle: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--seg-class-map: background and road -> unlabeled, person -> Person, car -> hot, marking
+    ignored; IoU by hand from the written masks and the bag's label maps, mapped the same way."""
+    mapping = {"background": "unlabeled", "road": "unlabeled", "marking": None,
+               "sign": "ignore", "person": "person", "car": "hot", "bicycle": "bike"}
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text(yaml.safe_dump({"description": "test", "classes": mapping}))
+    args = [scene_bag, "--bundle", seg_bundle, "--offset-from-bag", "--metrics-frames", "0",
+            "--samples", "0", "--no-video", "--no-bag"]
+    code, _, err = run_cli([*args, "--out", tmp_path / "plain"], capsys)
+    assert code == 0, err
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert any("--seg-class-map" in w and "background" in w for w in plain["warnings"])
+    assert plain["segmentation_eval"]["class_map"] is None
+
+    out = tmp_path / "mapped"
+    code, _, err = run_cli([*args, "--out", out, "--seg-class-map", map_file], capsys)
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert not any("--seg-class-map" in w for w in s["warnings"])
+    seg = s["segmentation_eval"]
+    assert seg["classes"] == ["unlabeled", "Person", "hot"]
+    assert seg["label_classes_in_file"] == ["background", "road", "person", "car", "marking",
+                                            "sign"]
+    assert seg["class_map_unused"] == ["bicycle"] and seg["class_map_file"] == str(map_file)
+    assert seg["matched"] == {"unlabeled": "unlabeled", "Person": "Person", "hot": "hot"}
+    labels = json.loads((scene_bag / "labels.json").read_text())
+    names = labels["segmentation"]["classes"]
+    target = ["unlabeled", "unlabeled", "person", "hot", None, None]
+    assert [mapping.get(n, n) if mapping.get(n, n) != "ignore" else None
+            for n in names] == target
+    inter: dict[str, int] = {}
+    union: dict[str, int] = {}
+    rows = (out / "frames.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for row in rows[1:]:
+        cells = dict(zip(header, row.split(",")))
+        label = cv2.imread(str(scene_bag / labels["labels"][cells["rgb_stamp_ns"]]["seg"]),
+                           cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / "masks" / f"{cells['frame']}.png"), cv2.IMREAD_UNCHANGED)
+        true = np.array([t or "" for t in target] + [""] * (256 - len(target)))[label]
+        keep = true != ""
+        pred = np.array([n.lower() for n in SEG_BUNDLE_CLASSES])[mask]
+        for name in ("unlabeled", "person", "hot"):
+            t, p = (true == name) & keep, (pred == name) & keep
+            inter[name] = inter.get(name, 0) + int((t & p).sum())
+            union[name] = union.get(name, 0) + int((t | p).sum())
+    for name, shown in (("unlabeled", "unlabeled"), ("person", "Person"), ("hot", "hot")):
+        assert seg["IoU"][shown] == pytest.approx(inter[name] / union[name], abs=1e-12), name
+    assert "were mapped onto the segmenter's by" in seg["note"] and "marking -> ignored" in \
+        seg["note"]
+    assert "were mapped onto the segmenter" in (out / "report.html").read_text()
+
+    # a bare name is one of the package's maps; a bad map is refused with exit 2
+    code, _, err = run_cli([*args, "--out", tmp_path / "named", "--seg-class-map",
+                            "scenes_to_mfnet"], capsys)
+    assert code == 0, err
+    named = json.loads((tmp_path / "named" / "summary.json").read_text())["segmentation_eval"]
+    assert named["classes"] == ["unlabeled", "Person", "car"]  # segmenter order, then others
+    assert named["class_map_file"] == str(REPO / "config" / "scenes_to_mfnet.yaml")
+    (tmp_path / "bad.yaml").write_text("person: [1, 2]\n")
+    code, _, err = run_cli([*args, "--out", tmp_path / "bad", "--seg-class-map",
+                            tmp_path / "bad.yaml"], capsys)
+    assert code == EXIT_BAD_INPUT and "not a class name" in err
+
+
 def test_two_runs_give_identical_outputs(det_bag: Path, tiny_bundle: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     outs = []

@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--map-conf", type=float, default=0.001, metavar="CONF",
                         help="confidence at which detections are decoded for mAP (default "
                              "0.001; published detections keep the node's threshold)")
+    parser.add_argument("--seg-class-map", type=Path, metavar="FILE",
+                        help="YAML map of label classes to segmenter classes (null: ignore), "
+                             "applied to the label maps before mIoU; a bare name is looked "
+                             "up in the package's config/ (e.g. scenes_to_mfnet: generated "
+                             "scenes onto MFNet's classes). Default: match names as they are")
     parser.add_argument("--out", type=Path, help="output folder (default: "
                         "outputs/replay/<bag name>)")
     parser.add_argument("--overwrite", action="store_true",
@@ -124,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_bag=not args.no_bag, metrics_frames=args.metrics_frames, samples=args.samples,
         fps=args.fps, max_pairs=args.max_pairs,
         predictions_from_labels=args.predictions_from_labels, map_conf=args.map_conf,
+        seg_class_map=args.seg_class_map,
         overwrite=args.overwrite,
         live=args.live, speed=args.speed, domain_id=args.domain_id,
         live_timeout=args.live_timeout, fail_on_damage=args.fail_on_damage)

@@ -83,6 +83,7 @@ class ReplayOptions:
     max_pairs: int | None = None
     predictions_from_labels: bool = False
     map_conf: float = 0.001  # detections for mAP decoded at this confidence
+    seg_class_map: Path | None = None  # YAML: label class -> segmenter class (None: by name)
     overwrite: bool = False
     fail_on_damage: bool = False
     queue_depth: int = 4

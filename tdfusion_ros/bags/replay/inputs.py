@@ -138,6 +138,8 @@ class _Setup:
     fps: float
     notes: list[str]
     warnings: list[str]
+    seg_class_map: dict[str, str | None] | None = None  # label class -> segmenter class
+    seg_class_map_file: Path | None = None
 
 # --------------------------------------------------------------------------- set-up
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -258,6 +260,28 @@ def _setup(opts: ReplayOptions) -> _Setup:
         raise ReplayError(f"map_conf {opts.map_conf!r} must be in [0, 1]")
     if opts.predictions_from_labels and labels is None:
         raise ReplayError("--predictions-from-labels needs labels (--labels FILE)")
+    seg_class_map = None
+    if opts.seg_class_map is not None:
+        from tdfusion_ros.bags.replay.labels import load_class_map
+
+        map_file = Path(opts.seg_class_map)
+        if not map_file.exists() and len(map_file.parts) == 1:  # a name in the package's config/
+            from tdfusion_ros import paths
+
+            bare = map_file.name if map_file.suffix else f"{map_file.name}.yaml"
+            map_file = paths.package_file(f"config/{bare}")
+        opts.seg_class_map = map_file
+        seg_class_map = load_class_map(map_file)
+    elif (labels is not None and labels.segmentation_classes
+          and pipeline.segmentation_classes and pipeline.segmentation_enabled):
+        have = {n.strip().lower() for n in pipeline.segmentation_classes}
+        missing = [n for n in labels.segmentation_classes if n.strip().lower() not in have]
+        if missing:
+            warn.append(f"label classes {', '.join(missing)} have no segmenter class of the "
+                        "same name, so they count as misses in mIoU; pass --seg-class-map "
+                        "FILE to map them onto the segmenter's classes (generated scenes onto "
+                        "an MFNet segmenter such as models/default's: --seg-class-map "
+                        "scenes_to_mfnet, i.e. config/scenes_to_mfnet.yaml)")
 
     counts = [by_name[thermal_topic].count, by_name[rgb_topic].count]
     est_pairs = min(c for c in counts if c is not None) if all(
@@ -270,4 +294,5 @@ def _setup(opts: ReplayOptions) -> _Setup:
             fps = min(fps, pairing.max_rate_hz)
         fps = float(min(max(round(fps, 2), 1.0), 120.0))
     return _Setup(reader, thermal_topic, rgb_topic, values, pairing, effective, pipeline,
-                  bundle, labels, labels_file, est_pairs, fps, notes, warn)
+                  bundle, labels, labels_file, est_pairs, fps, notes, warn, seg_class_map,
+                  Path(opts.seg_class_map) if opts.seg_class_map is not None else None)

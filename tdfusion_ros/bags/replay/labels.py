@@ -56,19 +56,81 @@ def _label_map_to_fused(label: np.ndarray, rgb_size: tuple[int, int], plan: tupl
     return label
 
 
+#: The class-map value that sends a label class to "ignore" (label id 255: not scored).
+IGNORE_NAMES = ("ignore", "~", "")
+
+
+def load_class_map(path: Path) -> dict[str, str | None]:
+    """A label-class -> segmenter-class map from a YAML file (``--seg-class-map``).
+
+    The file is a mapping of label class names to segmenter class names; ``null`` or
+    ``ignore`` drops a label class from scoring (its pixels count as label 255). An optional
+    top-level ``classes:`` key holds the mapping, beside free-form keys such as
+    ``description``. Label classes the map does not name keep their own name.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ReplayError(f"--seg-class-map {path}: cannot read it: {err}") from None
+    if isinstance(data, dict) and isinstance(data.get("classes"), dict):
+        data = data["classes"]
+    if not isinstance(data, dict) or not data:
+        raise ReplayError(f"--seg-class-map {path}: expected a mapping of label class names "
+                          "to segmenter class names (or null to ignore a class)")
+    out: dict[str, str | None] = {}
+    for key, value in data.items():
+        if value is not None and not isinstance(value, str):
+            raise ReplayError(f"--seg-class-map {path}: {key!r} maps to {value!r}, not a class "
+                              "name (or null)")
+        name = None if value is None or value.strip().lower() in IGNORE_NAMES else value
+        out[str(key)] = name
+    return out
+
+
 class _SegEval:
     """Pixel confusion of the segmenter's class maps against the sidecar's label maps.
 
-    Classes are matched by name (case and surrounding spaces ignored). The matrix holds the
-    label classes first, then the segmenter's classes the labels lack (their pixels count as
-    misses of the labelled class), then one bucket for class ids the segmenter has no name for.
-    mIoU is over the label classes only.
+    Classes are matched by name (case and surrounding spaces ignored), after an optional class
+    map (``class_map``: label class -> segmenter class, None to ignore) has renamed and merged
+    the label classes (e.g. "background" and "road" -> "unlabeled"). The matrix holds the
+    (mapped) label classes first, then the segmenter's classes the labels lack (their pixels
+    count as misses of the labelled class), then one bucket for class ids the segmenter has no
+    name for. mIoU is over the label classes only.
     """
 
     def __init__(self, label_classes: Sequence[str], seg_classes: Sequence[str],
-                 from_labels: bool) -> None:
+                 from_labels: bool, class_map: dict[str, str | None] | None = None,
+                 class_map_file: Path | None = None) -> None:
         from tdfusion_ros.metrics.segmentation import ConfusionMatrix
 
+        self.original_classes = list(label_classes)
+        self.class_map = None if class_map is None else dict(class_map)
+        self.class_map_file = class_map_file
+        seg_key = {n.strip().lower(): n for n in seg_classes}
+        if class_map is not None:
+            original = {n.strip().lower() for n in label_classes}
+            # Names the labels lack are reported, not refused: one map serves bags with and
+            # without, say, bicycles.
+            self.unused = [k for k in class_map if k.strip().lower() not in original]
+            lowered = {k.strip().lower(): v for k, v in class_map.items()}
+            targets = [lowered.get(n.strip().lower(), n) for n in label_classes]
+            # Mapped classes in the segmenter's order, then the others in label order.
+            present = {t.strip().lower() for t in targets if t is not None}
+            ordered = [n for n in seg_classes if n.strip().lower() in present]
+            for t in targets:
+                if t is not None and t.strip().lower() not in seg_key and t not in ordered:
+                    ordered.append(t)
+            index = {n.strip().lower(): i for i, n in enumerate(ordered)}
+            self.label_lut = np.full(256, 255, np.uint8)
+            for i, t in enumerate(targets):
+                if t is not None:
+                    self.label_lut[i] = index[t.strip().lower()]
+            label_classes = ordered
+        else:
+            self.label_lut = None
+            self.unused = []
         key = {n.strip().lower(): i for i, n in enumerate(label_classes)}
         self.label_classes = list(label_classes)
         self.seg_classes = list(seg_classes)
@@ -95,7 +157,7 @@ class _SegEval:
         if len(labels.segmentation_classes) + len(setup.pipeline.segmentation_classes) + 1 > 255:
             raise ReplayError("too many segmentation classes to score (at most 254 in all)")
         return cls(labels.segmentation_classes, setup.pipeline.segmentation_classes,
-                   from_labels)
+                   from_labels, setup.seg_class_map, setup.seg_class_map_file)
 
     def add(self, label_file: Path, class_map: np.ndarray | None, rgb_size: tuple[int, int],
             plan: tuple) -> None:
@@ -104,11 +166,13 @@ class _SegEval:
         if class_map is None and not self.from_labels:
             return
         label = _label_map_to_fused(load_segmentation(label_file), rgb_size, plan)
-        n = len(self.label_classes)
+        n = len(self.original_classes)
         bad = np.unique(label[(label >= n) & (label != 255)])
         if bad.size:
             raise ValueError(f"label map {label_file} holds class ids {bad.tolist()} outside "
                              f"its {n} classes")
+        if self.label_lut is not None:
+            label = self.label_lut[label]
         if self.from_labels:
             pred = np.where(label == 255, 0, label)
         else:

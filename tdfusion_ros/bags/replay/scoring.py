@@ -109,7 +109,10 @@ def _segmentation_eval(run: _Offline) -> dict[str, Any] | None:
         "frames_labelled": len(s.labels.segmentation), "frames_evaluated": seg.frames,
         "predictions_from_labels": seg.from_labels,
         "mIoU": None, "mAcc": None, "aAcc": None, "IoU": {}, "Acc": {}, "label_pixels": {},
-        "predicted_outside_labels": {}}
+        "predicted_outside_labels": {},
+        "label_classes_in_file": seg.original_classes,
+        "class_map_file": None if seg.class_map_file is None else str(seg.class_map_file),
+        "class_map": seg.class_map, "class_map_unused": seg.unused}
     if not s.pipeline.segmentation_enabled and not seg.from_labels:
         base["note"] = ("the labels carry label maps but the bundle has no segmenter (or "
                         "segmentation is disabled): no mIoU")
@@ -138,8 +141,16 @@ def _segmentation_eval(run: _Offline) -> dict[str, Any] | None:
             f"has a label map ({len(s.labels.segmentation)} in {s.labels_file}), on the fused "
             "grid (label maps moved there by nearest neighbour), label 255 ignored. mIoU is "
             f"the mean over the {len(finite)} of {k} label classes present in the labels or "
-            "the predictions (a class absent from both has no IoU). Segmenter classes are "
-            "matched to label classes by name.")
+            "the predictions (a class absent from both has no IoU).")
+    if seg.class_map is not None:
+        merged = ", ".join(f"{k} -> {v if v is not None else 'ignored'}"
+                           for k, v in seg.class_map.items() if k not in seg.unused)
+        note += (f" The label classes were mapped onto the segmenter's by "
+                 f"{seg.class_map_file} ({merged}) before scoring; the classes below are the "
+                 "mapped ones, matched to the segmenter's by name.")
+    else:
+        note += (" Segmenter classes are matched to the label classes by name (no class map: "
+                 "--seg-class-map FILE maps label classes onto the segmenter's).")
     if seg.from_labels:
         note += (" DEBUG: the predictions are the label maps themselves "
                  "(--predictions-from-labels), so every IoU must be exactly 1.")
