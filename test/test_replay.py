@@ -443,6 +443,88 @@ def test_a_class_map_merges_label_classes_before_miou(
     assert code == EXIT_BAD_INPUT and "not a class name" in err
 
 
+def test_two_bundles_on_one_bag_in_one_report(
+        scene_bag: Path, tiny_bundle: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """replay_eval BAG --bundle A --bundle B: a replay per bundle and one comparison; B has a
+    higher detection threshold (0.95) and its segmenter's classes in another order."""
+    other = tmp_path / "other_bundle"
+    shutil.copytree(tiny_bundle, other)
+    meta = yaml.safe_load((other / "bundle.yaml").read_text())
+    meta["graphs"]["detector"]["postprocess"]["conf_threshold"] = 0.95  # drops half (seeded)
+    meta["graphs"]["segmenter"]["class_names"] = ["background", "hot", "road"]
+    (other / "bundle.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli([scene_bag, "--bundle", tiny_bundle, "--bundle", other,
+                                 "--names", "old,new", "--out", out, "--offset-from-bag",
+                                 "--metrics-frames", "0", "--png", "--samples", "2"], capsys)
+    assert code == 0, err
+    for name in ("old", "new"):
+        assert (out / name / "report.html").is_file(), name
+    result = json.loads((out / "comparison.json").read_text())
+    old, new = (json.loads((out / n / "summary.json").read_text()) for n in ("old", "new"))
+    assert [r["name"] for r in result["runs"]] == ["old", "new"]
+    assert result["frames_in_every_run"] == old["frames"]["processed"] == 3
+    ap = {row["name"]: row for row in result["detection"]["AP50"]}
+    assert set(ap) == {"person", "car"}
+    for name, row in ap.items():
+        a, b = old["detection_eval"]["AP50"][name], new["detection_eval"]["AP50"][name]
+        assert row["values"] == [a, b] and row["deltas"][0] == pytest.approx(b - a)
+    iou = {row["name"]: row for row in result["segmentation"]["IoU"]}
+    for name in old["segmentation_eval"]["classes"]:
+        a, b = old["segmentation_eval"]["IoU"][name], new["segmentation_eval"]["IoU"][name]
+        assert iou[name]["values"] == [a, b]
+    assert iou["road"]["values"][0] != iou["road"]["values"][1]  # the permuted classes
+    latency = {row["name"]: row for row in result["latency_ms"]["p50"]}
+    assert all(v is not None for v in latency["total"]["values"])
+    # disagreement, frame by frame: B's boxes are the subset of A's above 0.95; every pixel
+    # of "road" or "hot" in one is the other class in the other
+    agree = result["agreement"][0]
+    assert agree["frames"] == 3 and agree["mean_mask_disagreement"] > 0
+    a_det, b_det = (json.loads((out / n / "detections.json").read_text()) for n in ("old",
+                                                                                       "new"))
+    counts = [sum(1 for _ in d["annotations"]) for d in (a_det, b_det)]
+    assert counts[1] < counts[0]
+    assert agree["frames_with_different_detections"] >= 1
+    assert 1 <= len(result["samples"]) <= 2
+    for sample in result["samples"]:
+        na, nb = sample["detections"]
+        expected = 0.0 if na + nb == 0 else 1.0 - 2.0 * nb / (na + nb)
+        assert sample["box_disagreement"][0] == pytest.approx(expected)
+        assert (out / sample["file"]).is_file()
+    scores = [s["score"] for s in result["samples"]]
+    assert scores == sorted(scores, reverse=True)
+    page = (out / "comparison.html").read_text()
+    assert "Bundle comparison: old vs new" in page and "data:image/jpeg;base64," in page
+    assert "| person |" in (out / "comparison.md").read_text()
+    assert "new vs old: mAP50" in stdout and f"comparison: {out / 'comparison.html'}" in stdout
+
+    # the same comparison from the two folders, without the bag (images from the fused bag)
+    again = tmp_path / "again"
+    for name in ("old", "new"):
+        shutil.rmtree(out / name / "fused")
+    code, _, err = run_cli(["--compare-runs", out / "old", out / "new", "--out", again,
+                            "--samples", "2"], capsys)
+    assert code == 0, err
+    second = json.loads((again / "comparison.json").read_text())
+    for key in ("detection", "segmentation", "agreement", "throughput", "latency_ms"):
+        assert second[key] == result[key], key
+    assert [s["frame"] for s in second["samples"]] == [s["frame"] for s in result["samples"]]
+    assert all((again / s["file"]).is_file() for s in second["samples"])
+
+    # refused: an earlier comparison without --overwrite, one folder, --live with two bundles
+    code, _, err = run_cli(["--compare-runs", out / "old", out / "new", "--out", again],
+                           capsys)
+    assert code == EXIT_BAD_INPUT and "--overwrite" in err
+    with pytest.raises(SystemExit):
+        run_cli(["--compare-runs", out / "old", "--out", tmp_path / "x"], capsys)
+    with pytest.raises(SystemExit):
+        run_cli([scene_bag, "--bundle", tiny_bundle, "--bundle", other, "--live"], capsys)
+    code, _, err = run_cli(["--compare-runs", out / "old", tmp_path, "--out", tmp_path / "y"],
+                           capsys)
+    assert code == EXIT_BAD_INPUT and "not a replay folder" in err
+
+
 def test_two_runs_give_identical_outputs(det_bag: Path, tiny_bundle: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     outs = []

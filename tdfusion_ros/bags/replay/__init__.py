@@ -3,7 +3,9 @@
     python -m tdfusion_ros.replay BAG [--thermal-topic T] [--rgb-topic T]
         [--config config/fusion.yaml] [--set sync.slop=0.03 ...] [--bundle DIR]
         [--labels BAG/labels.json] [--map-conf 0.001] [--out DIR] [--png]
-        [--live [--speed 0.5]]
+        [--live [--speed 0.5]] [--seg-class-map scenes_to_mfnet]
+    python -m tdfusion_ros.replay BAG --bundle OLD --bundle NEW [--names old,new]
+    python -m tdfusion_ros.replay --compare-runs DIR_A DIR_B
     ros2 run tdfusion_ros replay_eval BAG ...
 
 Offline mode (the default) reads the bag (a rosbag2 folder, an ``.mcap`` or a ``.db3`` file)
@@ -26,8 +28,14 @@ mAP is a ranking metric: it is computed from detections decoded at ``--map-conf`
 0.001, as COCO / ultralytics evaluation; NMS IoU and max_det as deployed) from the same
 detector output of each labelled frame, while everything published (``fused_bag``,
 ``detections.json``, counts, sample boxes) keeps the node's threshold. Segmentation classes are
-matched to the label classes by name; mIoU is over the label classes present in the labels or
-the predictions.
+matched to the label classes by name, after ``--seg-class-map`` (if given) has mapped the label
+classes onto the segmenter's; mIoU is over the label classes present in the labels or the
+predictions.
+
+Two or more ``--bundle`` replay the bag once per bundle (``OUT/<name>/``) and write one
+comparison (``OUT/comparison.html``, ``versus.py``): AP and IoU per class side by side with the
+difference, throughput and latency, and the frames where the bundles disagree most;
+``--compare-runs`` does the same for replay folders written earlier.
 
 Frame ``<frame>`` is ``<pair index:06d>_<RGB stamp ns>``. Everything is deterministic: the
 pairs are a function of the stamps alone, every pair is processed in order, and two runs on

@@ -15,9 +15,20 @@ from tdfusion_ros.bags.reader import (
     BagReadError,
     format_topics,
 )
-from tdfusion_ros.bags.replay.common import EXIT_BAD_INPUT, ReplayError, ReplayOptions
+from tdfusion_ros.bags.replay.common import (
+    EXIT_BAD_INPUT,
+    EXIT_DAMAGED,
+    ReplayError,
+    ReplayOptions,
+)
 from tdfusion_ros.bags.replay.inputs import _parse_override
 from tdfusion_ros.bags.replay.run import replay
+from tdfusion_ros.bags.replay.versus import (
+    COMPARISON_HTML,
+    COMPARISON_JSON,
+    _unique_names,
+    compare_replays,
+)
 from tdfusion_ros.ros import node_params
 
 
@@ -30,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                     "the node's outputs and an HTML report.",
         epilog="Exit status: 0 done, 1 failed while running, 2 bad arguments or input, "
                "3 damaged bag with --fail-on-damage, 4 live and offline runs differ.")
-    parser.add_argument("bag", type=Path, help="rosbag2 folder, .mcap or .db3 file")
+    parser.add_argument("bag", type=Path, nargs="?",
+                        help="rosbag2 folder, .mcap or .db3 file")
     parser.add_argument("--thermal-topic", help="thermal image topic (default: "
                         "/thermal/image_raw, or the one topic that looks thermal)")
     parser.add_argument("--rgb-topic", help="RGB image topic (default: /rgb/image_raw[/"
@@ -42,8 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="NAME=VALUE", help="override a node parameter, e.g. "
                         "--set sync.slop=0.03 (repeatable)")
-    parser.add_argument("--bundle", type=Path, help="model bundle folder (default: the "
-                        "config's, i.e. models/default)")
+    parser.add_argument("--bundle", type=Path, action="append",
+                        help="model bundle folder (default: the config's, i.e. "
+                             "models/default); give it two or more times to compare bundles "
+                             "on the bag (one replay each in OUT/<name>/, and "
+                             "OUT/comparison.html)")
+    parser.add_argument("--compare-runs", type=Path, nargs="+", metavar="DIR",
+                        help="compare replay folders written earlier (no BAG; the first is "
+                             "the baseline) into OUT/comparison.html")
+    parser.add_argument("--names", help="comma-separated names of the compared runs "
+                        "(default: the bundle or folder names)")
     parser.add_argument("--backend", choices=node_params.BY_NAME["backend"].choices,
                         help="inference backend (default: the config's)")
     parser.add_argument("--offset-from-bag", action="store_true",
@@ -96,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(args_list)
     if args.list_topics:
+        if args.bag is None:
+            parser.error("--list-topics needs a BAG")
         try:
             from tdfusion_ros.bags.reader import list_topics
 
@@ -120,10 +142,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplayError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out = args.out or Path("outputs") / "replay" / (args.bag.stem or args.bag.name)
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if args.compare_runs:
+        if args.bag is not None or args.bundle:
+            parser.error("--compare-runs compares replay folders: give no BAG and no --bundle")
+        if len(args.compare_runs) < 2:
+            parser.error("--compare-runs needs two or more replay folders")
+        out = args.out or Path("outputs") / "replay" / "comparison"
+        try:
+            _prepare_comparison_out(out, args.overwrite, [])
+            result = compare_replays(args.compare_runs, out, names, samples=args.samples)
+        except ReplayError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        _print_comparison(result, out)
+        return 0
+    if args.bag is None:
+        parser.error("give a BAG (or --compare-runs DIR DIR ...)")
+    bundles = args.bundle or [None]
+    default_out = Path("outputs") / "replay" / (args.bag.stem or args.bag.name)
+    if len(bundles) > 1:
+        if args.live:
+            parser.error("--live plays the bag into the node with one bundle: compare "
+                         "bundles offline, then run --live with the one you keep")
+        names = names or _unique_names([Path(b).name for b in bundles])
+        if len(names) != len(bundles):
+            parser.error(f"--names gives {len(names)} names for {len(bundles)} bundles")
+        out = args.out or default_out.with_name(default_out.name + "_bundles")
+        try:
+            _prepare_comparison_out(out, args.overwrite, names)
+        except ReplayError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        folders = []
+        for bundle, name in zip(bundles, names):
+            print(f"== {name}: {bundle}", file=sys.stderr)
+            code = _replay_one(args, args_list, overrides, bundle, out / name)
+            if code not in (0, EXIT_DAMAGED):
+                return code
+            folders.append(out / name)
+        try:
+            result = compare_replays(folders, out, names, samples=args.samples)
+        except ReplayError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        _print_comparison(result, out)
+        return 0
+    return _replay_one(args, args_list, overrides, bundles[0], args.out or default_out)
+
+
+def _replay_one(args: argparse.Namespace, args_list: list[str], overrides: dict,
+                bundle: Path | None, out: Path) -> int:
     opts = ReplayOptions(
         bag=args.bag, out=out, thermal_topic=args.thermal_topic, rgb_topic=args.rgb_topic,
-        config=args.config, overrides=overrides, bundle=args.bundle, backend=args.backend,
+        config=args.config, overrides=overrides, bundle=bundle, backend=args.backend,
         labels=args.labels, no_labels=args.no_labels, offset_from_bag=args.offset_from_bag,
         png=args.png, video=not args.no_video, masks=not args.no_masks,
         output_bag=not args.no_bag, metrics_frames=args.metrics_frames, samples=args.samples,
@@ -161,6 +233,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"report: {result.report_html}")
     print(f"summary: {result.summary_md}")
     return result.exit_code
+
+
+def _prepare_comparison_out(out: Path, overwrite: bool, runs: Sequence[str]) -> None:
+    """The comparison's folder: new, or an earlier comparison (replaced with --overwrite)."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / COMPARISON_JSON).exists():
+            theirs = [p.name for p in out.iterdir() if p.name not in runs]
+            if theirs:
+                raise ReplayError(f"output folder {out} exists and holds other files; "
+                                  "choose another --out")
+        elif not overwrite:
+            raise ReplayError(f"output folder {out} holds an earlier comparison; pass "
+                              "--overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _print_comparison(result: dict, out: Path) -> None:
+    base = result["baseline"]
+    det, seg = result.get("detection"), result.get("segmentation")
+    for i, run in enumerate(result["runs"][1:]):
+        parts = [f"{run['name']} vs {base}:"]
+        if det:
+            row = det["summary"][0]
+            parts.append(f"mAP50 {_fmt(row['values'][i + 1])} ({_fmt(row['deltas'][i], True)})")
+        if seg:
+            row = seg["summary"][0]
+            parts.append(f"mIoU {_fmt(row['values'][i + 1])} ({_fmt(row['deltas'][i], True)})")
+        row = result["throughput"][1]
+        parts.append(f"pipeline {_fmt(row['values'][i + 1], digits=2)} pairs/s "
+                     f"({_fmt(row['deltas'][i], True, 2)})")
+        agree = result["agreement"][i]
+        parts.append(f"detections differ on {agree['frames_with_different_detections']} of "
+                     f"{agree['frames']} pairs")
+        print(" ".join(parts))
+    print(f"comparison: {out / COMPARISON_HTML}")
+
+
+def _fmt(value: float | None, signed: bool = False, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
