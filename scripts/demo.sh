@@ -16,6 +16,8 @@
 #   DEMO_SPEED [1.0]          live playback rate factor
 #   DEMO_BUNDLE [models/default, else exported from models/fusion_default.pt]
 #   DEMO_METRICS [24]         pairs on which the fusion metrics are computed (-1: all)
+#   DEMO_BICYCLES [1 when the bundle's detector has a "bicycle" class, else 0]
+#                             cyclists in the generated scenes (bag_builder --bicycles)
 #   DEMO_SEG_MAP [scenes_to_mfnet when the bundle's segmenter has the MFNet classes, else none]
 #                             replay_eval --seg-class-map: the scenes' label classes (background,
 #                             road, ...) onto the segmenter's (background and road are MFNet's
@@ -58,12 +60,27 @@ if [ -z "$bundle" ]; then
   fi
 fi
 
+# The bundle's classes decide what the scenes hold and how their labels are scored.
+has_class() {  # has_class GRAPH NAME: the bundle's GRAPH lists class NAME
+  "$py" -c 'import sys, yaml
+g = yaml.safe_load(open(sys.argv[1] + "/bundle.yaml"))["graphs"].get(sys.argv[2]) or {}
+sys.exit(0 if sys.argv[3] in (g.get("class_names") or []) else 1)' "$bundle" "$1" "$2" \
+    2>/dev/null
+}
+bicycles="${DEMO_BICYCLES:-auto}"
+if [ "$bicycles" = "auto" ]; then
+  bicycles=0
+  if has_class detector bicycle; then bicycles=1; fi
+fi
+scene_args=()
+if [ "$bicycles" = "1" ]; then scene_args=(--bicycles); fi
+
 # A bag as a robot would record it.
 bag="$out/bag"
-say "writing $bag: $scenes generated scenes at $size"
+say "writing $bag: $scenes generated scenes at $size$([ "$bicycles" = 1 ] && echo ", with cyclists")"
 "$py" -m tdfusion_ros.bag_builder --out "$bag" --overwrite --scenes "$scenes" --size "$size" \
   --seed 7 --thermal-rate 9 --rgb-rate 30 --thermal-offset-ms 15 --jitter-ms 2 \
-  --drop-prob 0.03
+  --drop-prob 0.03 "${scene_args[@]}"
 
 # Offline replay (and the live run into the node, compared with it).
 args=("$bag" --bundle "$bundle" --offset-from-bag --out "$out/replay" --overwrite
@@ -71,11 +88,7 @@ args=("$bag" --bundle "$bundle" --offset-from-bag --out "$out/replay" --overwrit
 seg_map="${DEMO_SEG_MAP-auto}"
 if [ "$seg_map" = "auto" ]; then
   seg_map=""
-  if "$py" -c 'import sys, yaml
-g = yaml.safe_load(open(sys.argv[1] + "/bundle.yaml"))["graphs"].get("segmenter") or {}
-sys.exit(0 if "unlabeled" in (g.get("class_names") or []) else 1)' "$bundle" 2>/dev/null; then
-    seg_map="scenes_to_mfnet"
-  fi
+  if has_class segmenter unlabeled; then seg_map="scenes_to_mfnet"; fi
 fi
 if [ -n "$seg_map" ]; then
   say "segmentation scored with the class map $seg_map (scene classes -> the segmenter's)"

@@ -297,6 +297,18 @@ def test_scene_pixels_and_masks_are_the_generator_s(timed_bag):
 
 
 # --------------------------------------------------------------------------- options
+def test_scenes_with_bicycles_carry_the_bicycle_class(tmp_path):
+    out = tmp_path / "bikes"
+    assert main(["--out", str(out), "--scenes", "3", "--size", "96x64", "--bicycles",
+                 "--seed", "4"]) == 0
+    labels = load_labels(out)
+    assert labels.classes == ["person", "car", "bicycle"]
+    assert labels.segmentation_classes == [*SEGMENTATION_CLASSES, "bicycle"]
+    assert any((b[:, 0] == 2).any() for b in labels.boxes.values())
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--pairs", str(tmp_path), "--bicycles"])
+
+
 def test_ir16_compressed_rgb_in_sqlite3(tmp_path):
     config = TimingConfig(ir16=True, rgb_compressed=True, storage="sqlite3", seed=3)
     result = build_from_scenes(3, tmp_path / "bag", config, size=(160, 120))

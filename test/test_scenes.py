@@ -347,3 +347,37 @@ def test_speed() -> None:
         generate_scene(seed)
         times.append(time.perf_counter() - start)
     assert np.median(times) < 0.05, times
+
+
+def test_bicycles_add_cyclists_and_leave_other_scenes_alone(tmp_path: Path) -> None:
+    """bicycles=True: each cyclist is a bicycle box (class 2, mask "bicycle") with a rider
+    (a person box over it, warm in the infrared); without it nothing changes."""
+    assert scenes.SEGMENTATION_CLASSES_WITH_BICYCLES == (*SEGMENTATION_CLASSES, "bicycle")
+    assert scenes.DETECTION_CLASSES_WITH_BICYCLES == (*DETECTION_CLASSES, "bicycle")
+    for det, seg in enumerate(scenes.DETECTION_TO_SEGMENTATION_WITH_BICYCLES):
+        assert (scenes.SEGMENTATION_CLASSES_WITH_BICYCLES[seg]
+                == scenes.DETECTION_CLASSES_WITH_BICYCLES[det])
+    plain = generate_scene(5, *SIZE)
+    assert not (plain.mask == scenes.SEG_BICYCLE).any()
+    n_bikes = 0
+    for seed in range(12):
+        day = generate_scene(seed, *SIZE, night=False, bicycles=True)
+        night = generate_scene(seed, *SIZE, night=True, bicycles=True)
+        np.testing.assert_array_equal(day.boxes, night.boxes)  # layout from the seed alone
+        bikes = day.boxes[day.boxes[:, 0] == scenes.DET_BICYCLE].astype(int)
+        people = day.boxes[day.boxes[:, 0] == scenes.DET_PERSON].astype(int)
+        for _, x1, y1, x2, y2 in bikes:
+            n_bikes += 1
+            assert (day.mask[y1:y2, x1:x2] == scenes.SEG_BICYCLE).any()
+            # a rider: a person box whose centre lies over the bicycle's box
+            cx, cy = (people[:, 1] + people[:, 3]) / 2, (people[:, 2] + people[:, 4]) / 2
+            assert ((cx >= x1) & (cx <= x2) & (cy >= y1 - (y2 - y1)) & (cy <= y2)).any()
+        covered = np.zeros(SIZE, bool)
+        for _, x1, y1, x2, y2 in bikes:
+            covered[y1:y2, x1:x2] = True
+        assert not (day.mask == scenes.SEG_BICYCLE)[~covered].any()
+        assert day.mask.max() < len(scenes.SEGMENTATION_CLASSES_WITH_BICYCLES)
+    assert n_bikes >= 12
+    out = write_dataset(tmp_path / "d", 2, seed=1, height=64, width=80, bicycles=True)
+    assert (out / "classes.txt").read_text().split() == ["person", "car", "bicycle"]
+    assert (out / "segmentation_classes.txt").read_text().split()[-1] == "bicycle"

@@ -70,10 +70,12 @@ from tdfusion_ros import paths
 from tdfusion_ros.runtime.image_io import ImagePairError, list_pairs, read_image
 from tdfusion_ros.scenes import (
     DETECTION_CLASSES,
+    DETECTION_CLASSES_WITH_BICYCLES,
     IR16_BASE,
     IR16_GAIN,
     MIN_SIZE,
     SEGMENTATION_CLASSES,
+    SEGMENTATION_CLASSES_WITH_BICYCLES,
     generate_scene,
     scene_name,
     scene_seed,
@@ -302,23 +304,28 @@ class PairFolderSource:
 class SceneSource:
     """The procedural scene generator as a frame source (labels always available)."""
 
-    def __init__(self, count: int, seed: int, size: tuple[int, int], ir16: bool) -> None:
+    def __init__(self, count: int, seed: int, size: tuple[int, int], ir16: bool,
+                 bicycles: bool = False) -> None:
         if count < 1:
             raise BagBuildError(f"scene count must be >= 1, got {count}")
         width, height = size
         if min(width, height) < MIN_SIZE:
             raise BagBuildError(f"scenes need at least {MIN_SIZE}x{MIN_SIZE}, got {width}x{height}")
         self.count, self.seed, self.size, self.ir16 = count, seed, size, ir16
-        self.kind = "scenes"
-        self.classes: list[str] | None = list(DETECTION_CLASSES)
-        self.segmentation_classes: list[str] | None = list(SEGMENTATION_CLASSES)
+        self.bicycles = bicycles
+        self.kind = "scenes with bicycles" if bicycles else "scenes"
+        self.classes: list[str] | None = list(DETECTION_CLASSES_WITH_BICYCLES if bicycles
+                                              else DETECTION_CLASSES)
+        self.segmentation_classes: list[str] | None = list(
+            SEGMENTATION_CLASSES_WITH_BICYCLES if bicycles else SEGMENTATION_CLASSES)
 
     def __len__(self) -> int:
         return self.count
 
     def frame(self, index: int) -> SourceFrame:
         width, height = self.size
-        scene = generate_scene(scene_seed(self.seed, index), height, width, ir_16bit=self.ir16)
+        scene = generate_scene(scene_seed(self.seed, index), height, width, ir_16bit=self.ir16,
+                               bicycles=self.bicycles)
         return SourceFrame(scene_name(index, scene.is_night), scene.ir, scene.vis,
                            scene.boxes.astype(np.float64), scene.mask)
 
@@ -740,10 +747,12 @@ def build_from_pairs(folder: str | Path, out: str | Path, config: TimingConfig |
 
 
 def build_from_scenes(count: int, out: str | Path, config: TimingConfig | None = None, *,
-                      size: tuple[int, int] = (640, 480), overwrite: bool = False) -> BuildResult:
-    """A bag from ``count`` procedural scenes (seeded by ``config.seed``), always labelled."""
+                      size: tuple[int, int] = (640, 480), overwrite: bool = False,
+                      bicycles: bool = False) -> BuildResult:
+    """A bag from ``count`` procedural scenes (seeded by ``config.seed``), always labelled;
+    ``bicycles`` adds cyclists (class "bicycle")."""
     config = config or TimingConfig()
-    return build_bag(SceneSource(count, config.seed, size, config.ir16), out, config,
+    return build_bag(SceneSource(count, config.seed, size, config.ir16, bicycles), out, config,
                      overwrite=overwrite)
 
 
@@ -778,6 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--pairs", type=Path, metavar="DIR",
                      help="folder with ir/ and vi/ (and labels/)")
     src.add_argument("--scenes", type=int, metavar="N", help="N procedural scenes")
+    parser.add_argument("--bicycles", action="store_true",
+                        help="with --scenes: add cyclists (label class 'bicycle'; the rider "
+                             "is a person)")
     parser.add_argument("--labels", action="store_true",
                         help="with --pairs: write YOLO labels/ + classes.txt (and label maps "
                              "seg/ + seg_classes.txt, when there) to the sidecar")
@@ -810,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.labels and args.pairs is None:
         parser.error("--labels goes with --pairs (scenes always carry labels)")
+    if args.bicycles and args.scenes is None:
+        parser.error("--bicycles goes with --scenes")
     config = TimingConfig(
         thermal_rate_hz=args.thermal_rate, rgb_rate_hz=args.rgb_rate,
         scene_rate_hz=args.scene_rate, jitter_ms=args.jitter_ms,
@@ -823,7 +837,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       size=args.size, limit=args.limit, overwrite=args.overwrite)
         else:
             result = build_from_scenes(args.scenes, args.out, config,
-                                       size=args.size or (640, 480), overwrite=args.overwrite)
+                                       size=args.size or (640, 480), overwrite=args.overwrite,
+                                       bicycles=args.bicycles)
     except BagBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,13 @@ DETECTION_TO_SEGMENTATION = (2, 3)
 
 SEG_BACKGROUND, SEG_ROAD, SEG_PERSON, SEG_CAR, SEG_MARKING, SEG_SIGN = range(6)
 DET_PERSON, DET_CAR = range(2)
+#: With ``bicycles=True`` the scenes also hold cyclists: the bicycle is one more class at the
+#: end of both lists (its rider is a person), so scenes without bicycles keep their ids.
+SEGMENTATION_CLASSES_WITH_BICYCLES = (*SEGMENTATION_CLASSES, "bicycle")
+DETECTION_CLASSES_WITH_BICYCLES = (*DETECTION_CLASSES, "bicycle")
+DETECTION_TO_SEGMENTATION_WITH_BICYCLES = (2, 3, 6)
+SEG_BICYCLE = 6
+DET_BICYCLE = 2
 
 #: Default chance that a target is camouflaged (coloured like its surroundings) at night.
 NIGHT_HIDDEN_PROB = 0.75
@@ -502,7 +509,7 @@ def _target_box(cam: _Camera, det: int, x: float, z: float, size: np.ndarray) ->
     if det == DET_PERSON:
         h = size[0] * ppm
         return np.array([fx - 0.25 * h, fy - h, fx + 0.25 * h, fy])
-    w, h = size[0] * ppm, size[1] * ppm
+    w, h = size[0] * ppm, size[1] * ppm  # cars and cyclists (bicycle and rider)
     return np.array([fx - 0.5 * w, fy - h, fx + 0.5 * w, fy])
 
 
@@ -516,29 +523,37 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return iw * ih / max(small, 1e-9)
 
 
-def _place_targets(cam: _Camera, geo: np.random.Generator) -> list[_Target]:
-    """People and cars on the ground plane, at most 30 % hidden behind each other."""
+def _place_targets(cam: _Camera, geo: np.random.Generator,
+                   bicycles: bool = False) -> list[_Target]:
+    """People and cars (and cyclists) on the ground plane, at most 30 % hidden behind each
+    other."""
     n_person, n_car = int(geo.integers(0, 6)), int(geo.integers(0, 4))
     if n_person + n_car == 0:
         n_person = 1
+    n_bike = int(geo.integers(1, 3)) if bicycles else 0  # drawn only then: same scenes without
     min_px = max(8.0, 0.05 * cam.height)
     left, right = cam.road_x - cam.road_half, cam.road_x + cam.road_half
     lanes = max(2, int(round(cam.road_half / 2.0)))
     targets: list[_Target] = []
-    for det in [DET_PERSON] * n_person + [DET_CAR] * n_car:
+    for det in [DET_PERSON] * n_person + [DET_CAR] * n_car + [DET_BICYCLE] * n_bike:
         for _ in range(30):
             pose = geo.uniform(-1.0, 1.0, 4)
             view = 0
             if det == DET_PERSON:
                 size = np.array([geo.uniform(1.5, 1.9), geo.uniform(0.9, 1.15)])
                 x = geo.uniform(left - 3.0, right + 3.0)
+            elif det == DET_BICYCLE:  # side view, riding along the road's edge or across
+                view = 1 if geo.random() < 0.5 else -1
+                size = np.array([geo.uniform(1.65, 1.85), geo.uniform(1.65, 1.85)])
+                x = (left + geo.uniform(0.3, 1.5) if geo.random() < 0.5
+                     else right - geo.uniform(0.3, 1.5))
             else:
                 view = int(geo.choice([0, 0, 0, 1, -1]))
                 size = (np.array([geo.uniform(1.7, 1.95), geo.uniform(1.4, 1.75)]) if view == 0
                         else np.array([geo.uniform(4.0, 4.8), geo.uniform(1.35, 1.6)]))
                 lane = int(geo.integers(lanes))
                 x = left + (lane + 0.5) * (2 * cam.road_half / lanes) + geo.uniform(-0.4, 0.4)
-            z_max = min(cam.focal * size[-1 if det == DET_CAR else 0] / min_px,
+            z_max = min(cam.focal * size[0 if det == DET_PERSON else -1] / min_px,
                         cam.z_bottom * 25.0)
             z_min = cam.z_bottom * 1.02
             if z_max <= z_min:
@@ -663,13 +678,75 @@ def _paint_car(cv: _Canvas, cam: _Camera, t: _Target, inst: int, look: _Look,
     return lights
 
 
+def _paint_cyclist(cv: _Canvas, cam: _Camera, t: _Target, inst: int, rider: int,
+                   look: _Look, app: np.random.Generator, hidden: bool) -> None:
+    """A bicycle seen from the side (instance ``inst``) and its rider (instance ``rider``).
+
+    The bicycle is at the air's temperature (its frame a little cooler than the road, the
+    tyres a little warmer); the rider is warm like a pedestrian.
+    """
+    cx, by = cam.project(t.x, t.z)
+    ppm = cam.ppm(t.z)
+    d = float(t.view)
+    scale = t.size[0] / 1.75
+
+    def px(ax: float, ay: float) -> np.ndarray:  # metres along the direction of travel, up
+        return np.array([cx + d * ax * scale * ppm, by - ay * scale * ppm])
+
+    bg = _local_colour(cv, t.box)
+    frame_vis = _contrasting(app, bg, _CAR_PAINT, 40.0)
+    tyre_vis = np.full(3, 28.0)
+    shirt = _contrasting(app, bg, _CLOTHES, 45.0)
+    trousers = _contrasting(app, bg, _CLOTHES, 45.0)
+    skin = np.clip(_SKIN[app.integers(len(_SKIN))] + app.normal(0, 8, 3), 0, 255)
+    if hidden:
+        frame_vis, tyre_vis, shirt, trousers, skin = (
+            np.clip(bg + app.normal(0, 4, 3), 0, 255) for _ in range(5))
+    frame_ir = look.road_ir + app.uniform(-14, -6)
+    tyre_ir = look.road_ir + app.uniform(2, 10)
+    body_ir = app.uniform(185, 225) if look.night else app.uniform(170, 205)
+    tube = max(0.025 * scale * ppm, 0.5)
+    bike = {"cls": SEG_BICYCLE, "inst": inst}
+    r = 0.34
+    rear, front = px(-0.525, r), px(0.525, r)
+    for hub in (rear, front):  # wheels: rings of short thick segments
+        a = np.linspace(0.0, 2.0 * np.pi, 17)
+        ring = np.stack([hub[0] + r * scale * ppm * np.cos(a),
+                         hub[1] + r * scale * ppm * np.sin(a)], 1)
+        for p0, p1 in zip(ring[:-1], ring[1:]):
+            cv.fill(_segment(p0, p1, max(0.03 * scale * ppm, 0.5)), vis=tyre_vis, ir=tyre_ir,
+                    **bike)
+    bracket, seat, head, bar = px(-0.05, 0.30), px(-0.22, 0.86), px(0.42, 0.88), px(0.38, 1.0)
+    for p0, p1 in ((rear, bracket), (rear, seat), (bracket, seat), (bracket, head),
+                   (seat, head), (head, front), (head, bar)):
+        cv.fill(_segment(p0, p1, tube), vis=frame_vis, ir=frame_ir, **bike)
+    cv.fill(_segment(px(-0.32, 0.92), px(-0.14, 0.92), 1.5 * tube), vis=tyre_vis,
+            ir=frame_ir, **bike)  # saddle
+    person = {"cls": SEG_PERSON, "inst": rider}
+    hip, shoulder = px(-0.2, 0.98), px(0.12, 1.42)
+    knee = px(0.12 + 0.06 * t.pose[0], 0.72)
+    pedal = px(-0.05 + 0.15 * t.pose[1], 0.30 - 0.12 * abs(t.pose[1]))
+    limb = max(0.05 * scale * ppm, 0.5)
+    cv.fill(_segment(hip, knee, 1.3 * limb), vis=trousers, ir=body_ir - 8, **person)
+    cv.fill(_segment(knee, pedal, limb), vis=trousers * 0.9, ir=body_ir - 12, **person)
+    cv.fill(_segment(hip, shoulder, 2.4 * limb), vis=shirt, ir=body_ir, **person)
+    cv.fill(_segment(shoulder, bar, 0.8 * limb), vis=shirt * 0.92, ir=body_ir + 3, **person)
+    centre = px(0.22, 1.6)
+    cv.fill(_ellipse(centre[0], centre[1], 0.11 * scale * ppm, 0.13 * scale * ppm), vis=skin,
+            ir=body_ir + app.uniform(10, 25), **person)
+
+
 def _paint_targets(cv: _Canvas, cam: _Camera, look: _Look, targets: list[_Target],
                    app: np.random.Generator, hidden_prob: float) -> np.ndarray:
     rows = []
+    riders = {}  # bicycle instance -> its rider's instance
     for inst, t in enumerate(targets, start=1):
         hidden = bool(app.random() < hidden_prob) and look.night
         if t.det == DET_PERSON:
             _paint_person(cv, cam, t, inst, look, app, hidden)
+        elif t.det == DET_BICYCLE:
+            riders[inst] = len(targets) + 1 + len(riders)
+            _paint_cyclist(cv, cam, t, inst, riders[inst], look, app, hidden)
         else:
             lights = _paint_car(cv, cam, t, inst, look, app, hidden)
             if look.night and not hidden and lights:
@@ -678,10 +755,14 @@ def _paint_targets(cv: _Canvas, cam: _Camera, look: _Look, targets: list[_Target
     for inst, t in enumerate(targets, start=1):
         x0, y0 = int(max(math.floor(t.box[0]) - 2, 0)), int(max(math.floor(t.box[1]) - 2, 0))
         x1, y1 = int(min(math.ceil(t.box[2]) + 3, w)), int(min(math.ceil(t.box[3]) + 3, h))
-        ys, xs = np.nonzero(cv.inst[y0:y1, x0:x1] == inst)
-        if len(xs) == 0:
-            continue
-        rows.append([t.det, x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
+        for det, k in ((t.det, inst), (DET_PERSON, riders.get(inst))):
+            if k is None:
+                continue
+            ys, xs = np.nonzero(cv.inst[y0:y1, x0:x1] == k)
+            if len(xs) == 0:
+                continue
+            rows.append([det, x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1,
+                         y0 + ys.max() + 1])
     return np.asarray(rows, np.float32).reshape(-1, 5)
 
 
@@ -770,12 +851,15 @@ def _infrared_sensor(cv: _Canvas, rng: np.random.Generator, ir_16bit: bool) -> n
 
 def generate_scene(seed: int, height: int = 240, width: int = 320, night: bool | None = None,
                    ir_16bit: bool = False, *,
-                   night_hidden_prob: float = NIGHT_HIDDEN_PROB) -> Scene:
+                   night_hidden_prob: float = NIGHT_HIDDEN_PROB,
+                   bicycles: bool = False) -> Scene:
     """A deterministic aligned infrared/visible scene with masks and boxes.
 
     ``night`` None draws day or night from the seed; forcing it keeps the layout (masks and
     boxes are the same for day and night of one seed). ``night_hidden_prob`` is the chance
-    that a target is camouflaged in the visible image at night (1.0: always).
+    that a target is camouflaged in the visible image at night (1.0: always). ``bicycles``
+    adds one or two cyclists (classes ``*_WITH_BICYCLES``: the bicycle is class "bicycle",
+    its rider a person); without it the scene is exactly what it always was.
     """
     if height < MIN_SIZE or width < MIN_SIZE:
         raise ValueError(f"scene size {height}x{width} is below {MIN_SIZE}x{MIN_SIZE}")
@@ -794,7 +878,7 @@ def generate_scene(seed: int, height: int = 240, width: int = 320, night: bool |
     _paint_road(cv, cam, look, geo)
     _paint_markings(cv, cam, look, geo)
     props = _place_props(cam, geo)
-    targets = _place_targets(cam, geo)
+    targets = _place_targets(cam, geo, bicycles)
     lamps = _paint_props(cv, cam, look, props, app)
     _apply_texture(cv, sensor)
     boxes = _paint_targets(cv, cam, look, targets, app, night_hidden_prob)
@@ -824,7 +908,7 @@ def yolo_lines(boxes: np.ndarray, height: int, width: int) -> list[str]:
 
 def write_dataset(out_dir: str | Path, count: int, seed: int = 0, height: int = 240,
                   width: int = 320, night_fraction: float = 0.5, *,
-                  ir_16bit: bool = False) -> Path:
+                  ir_16bit: bool = False, bicycles: bool = False) -> Path:
     """Write ``count`` scenes in the layout of the real detection folder.
 
     ``ir/`` grey PNG (16-bit when asked), ``vi/`` colour PNG, ``labels/`` YOLO txt, ``masks/``
@@ -839,15 +923,18 @@ def write_dataset(out_dir: str | Path, count: int, seed: int = 0, height: int = 
     out = Path(out_dir)
     for sub in ("ir", "vi", "labels", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "classes.txt").write_text("\n".join(DETECTION_CLASSES) + "\n")
-    (out / "segmentation_classes.txt").write_text("\n".join(SEGMENTATION_CLASSES) + "\n")
+    det_classes = DETECTION_CLASSES_WITH_BICYCLES if bicycles else DETECTION_CLASSES
+    seg_classes = SEGMENTATION_CLASSES_WITH_BICYCLES if bicycles else SEGMENTATION_CLASSES
+    (out / "classes.txt").write_text("\n".join(det_classes) + "\n")
+    (out / "segmentation_classes.txt").write_text("\n".join(seg_classes) + "\n")
     nights = np.random.default_rng(seed).permutation(count) < round(count * night_fraction)
     with open(out / "scenes.csv", "w", newline="") as index_file:
         writer = csv.writer(index_file)
         writer.writerow(["name", "seed", "night"])
         for i in range(count):
             s = scene_seed(seed, i)
-            scene = generate_scene(s, height, width, night=bool(nights[i]), ir_16bit=ir_16bit)
+            scene = generate_scene(s, height, width, night=bool(nights[i]), ir_16bit=ir_16bit,
+                                   bicycles=bicycles)
             name = scene_name(i, scene.is_night)
             for sub, image in (("ir", scene.ir), ("vi", scene.vis), ("masks", scene.mask)):
                 if not cv2.imwrite(str(out / sub / f"{name}.png"), image):
@@ -868,9 +955,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--night-fraction", type=float, default=0.5)
     parser.add_argument("--ir16", action="store_true", help="16-bit radiometric infrared PNGs")
+    parser.add_argument("--bicycles", action="store_true",
+                        help="add cyclists (class 'bicycle' at the end of both class lists)")
     args = parser.parse_args(argv)
     out = write_dataset(args.out, args.count, args.seed, args.height, args.width,
-                        args.night_fraction, ir_16bit=args.ir16)
+                        args.night_fraction, ir_16bit=args.ir16, bicycles=args.bicycles)
     print(f"wrote {args.count} scenes to {out}")
     return 0
 
