@@ -65,7 +65,7 @@ def write_comparison(recipe: Any, out_dir: Path) -> dict[str, Any]:
     """The report from the runs on disk. ``runs/`` is not committed: a run no longer there (a
     fresh checkout that redid only the last stages) keeps its figures and time from the
     previous ``results.json`` of the same settings instead of vanishing from the report."""
-    from training.default_model import ARM_TITLES, ARMS
+    from training.arms import ARM_TITLES, ARMS
 
     root = recipe.root
     results: dict[str, Any] = {"arms": {}, "seeds": list(recipe.seeds),

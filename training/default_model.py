@@ -45,11 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from training.arms import ARM_TITLES, ARMS  # noqa: E402, F401 (importable from here too)
 from training.config import load_config  # noqa: E402
-
-ARMS = ("ir", "vis", "fixed", "tdfusion")
-ARM_TITLES = {"ir": "(a) infrared only", "vis": "(b) visible only",
-              "fixed": "(c) F, fixed loss w = 1/2", "tdfusion": "(d) TDFusion F (learned loss)"}
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.datasets import (  # noqa: E402
+from training.layouts import (  # noqa: E402
     DatasetError,
     FileDataset,
     GeneratedScenes,

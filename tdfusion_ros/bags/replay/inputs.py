@@ -141,6 +141,37 @@ class _Setup:
     seg_class_map: dict[str, str | None] | None = None  # label class -> segmenter class
     seg_class_map_file: Path | None = None
 
+#: The class-map value that sends a label class to "ignore" (label id 255: not scored).
+IGNORE_NAMES = ("ignore", "~", "")
+
+
+def load_class_map(path: Path) -> dict[str, str | None]:
+    """A label-class -> segmenter-class map from a YAML file (``--seg-class-map``).
+
+    The file is a mapping of label class names to segmenter class names; ``null`` or
+    ``ignore`` drops a label class from scoring (its pixels count as label 255). An optional
+    top-level ``classes:`` key holds the mapping, beside free-form keys such as
+    ``description``. Label classes the map does not name keep their own name.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ReplayError(f"--seg-class-map {path}: cannot read it: {err}") from None
+    if isinstance(data, dict) and isinstance(data.get("classes"), dict):
+        data = data["classes"]
+    if not isinstance(data, dict) or not data:
+        raise ReplayError(f"--seg-class-map {path}: expected a mapping of label class names "
+                          "to segmenter class names (or null to ignore a class)")
+    out: dict[str, str | None] = {}
+    for key, value in data.items():
+        if value is not None and not isinstance(value, str):
+            raise ReplayError(f"--seg-class-map {path}: {key!r} maps to {value!r}, not a class "
+                              "name (or null)")
+        name = None if value is None or value.strip().lower() in IGNORE_NAMES else value
+        out[str(key)] = name
+    return out
+
+
 # --------------------------------------------------------------------------- set-up
 def _prepare_out(out: Path, overwrite: bool) -> None:
     ours = ("summary.json", "report.html", "fused_bag", "frames.csv")
@@ -262,8 +293,6 @@ def _setup(opts: ReplayOptions) -> _Setup:
         raise ReplayError("--predictions-from-labels needs labels (--labels FILE)")
     seg_class_map = None
     if opts.seg_class_map is not None:
-        from tdfusion_ros.bags.replay.labels import load_class_map
-
         map_file = Path(opts.seg_class_map)
         if not map_file.exists() and len(map_file.parts) == 1:  # a name in the package's config/
             from tdfusion_ros import paths

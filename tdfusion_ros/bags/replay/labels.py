@@ -56,39 +56,6 @@ def _label_map_to_fused(label: np.ndarray, rgb_size: tuple[int, int], plan: tupl
     return label
 
 
-#: The class-map value that sends a label class to "ignore" (label id 255: not scored).
-IGNORE_NAMES = ("ignore", "~", "")
-
-
-def load_class_map(path: Path) -> dict[str, str | None]:
-    """A label-class -> segmenter-class map from a YAML file (``--seg-class-map``).
-
-    The file is a mapping of label class names to segmenter class names; ``null`` or
-    ``ignore`` drops a label class from scoring (its pixels count as label 255). An optional
-    top-level ``classes:`` key holds the mapping, beside free-form keys such as
-    ``description``. Label classes the map does not name keep their own name.
-    """
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ReplayError(f"--seg-class-map {path}: cannot read it: {err}") from None
-    if isinstance(data, dict) and isinstance(data.get("classes"), dict):
-        data = data["classes"]
-    if not isinstance(data, dict) or not data:
-        raise ReplayError(f"--seg-class-map {path}: expected a mapping of label class names "
-                          "to segmenter class names (or null to ignore a class)")
-    out: dict[str, str | None] = {}
-    for key, value in data.items():
-        if value is not None and not isinstance(value, str):
-            raise ReplayError(f"--seg-class-map {path}: {key!r} maps to {value!r}, not a class "
-                              "name (or null)")
-        name = None if value is None or value.strip().lower() in IGNORE_NAMES else value
-        out[str(key)] = name
-    return out
-
-
 class _SegEval:
     """Pixel confusion of the segmenter's class maps against the sidecar's label maps.
 
