@@ -347,6 +347,9 @@ def _render_sample(runs: Sequence[_Run], images: Sequence[dict[int, np.ndarray]]
         mask = run.mask(stamp)
         if mask is not None and mask.shape == fused.shape[:2]:
             panels.append(_label_panel(overlay(fused, mask), size, f"{run.name}: segmentation"))
+        elif any(r.mask(stamp) is not None for r in runs):
+            blank = np.full((size[1], size[0], 3), 64, np.uint8)
+            panels.append(_label_panel(blank, size, f"{run.name}: no class map"))
         rows.append(np.concatenate(panels, axis=1))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
