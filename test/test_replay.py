@@ -820,7 +820,7 @@ def test_demo_script_runs_at_reduced_size(tmp_path: Path, tiny_bundle: Path) -> 
     """The README's main job, as CI runs it: reduced size, the tiny bundle, live included."""
     env = _env()
     env.update(DEMO_OUT=str(tmp_path / "demo"), DEMO_SCENES="6", DEMO_SIZE="160x128",
-               DEMO_BUNDLE=str(tiny_bundle), DEMO_METRICS="3")
+               DEMO_BUNDLE=str(tiny_bundle), DEMO_METRICS="3", DEMO_SEG_MAP="scenes_to_mfnet")
     proc = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -830,3 +830,9 @@ def test_demo_script_runs_at_reduced_size(tmp_path: Path, tiny_bundle: Path) -> 
     assert summary["frames"]["processed"] >= 4
     assert summary["detection_eval"]["frames_evaluated"] == summary["frames"]["processed"]
     assert summary["live"]["comparison"]["agree"]
+    # the tiny detector has a bicycle class, so the scenes hold cyclists; the class map named
+    # in DEMO_SEG_MAP is the one the report names
+    assert "bicycle" in summary["detection_eval"]["classes"]
+    seg = summary["segmentation_eval"]
+    assert seg["class_map_file"] == str(REPO / "config" / "scenes_to_mfnet.yaml")
+    assert "scenes_to_mfnet.yaml" in (tmp_path / "demo" / "replay" / "report.html").read_text()
