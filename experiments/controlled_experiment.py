@@ -164,7 +164,7 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, epochs: int, batch: 
     """SegFormer-B0 on (fused image, label) pairs; same seeds give the same init and order."""
     if task is None:
         torch.manual_seed(init_seed)
-        task = SegmentationTask(len(CLASSES), images.shape[-2:])
+        task = SegmentationTask(len(CLASSES), images.shape[-2:], architecture="segformer_b0")
     opt = torch.optim.Adam(task.model.parameters(), lr)
     rng = np.random.default_rng(order_seed)
     task.model.train()
@@ -209,7 +209,7 @@ def warm_start(s: Settings, work: Path) -> dict[str, Any]:
     torch.manual_seed(12345)
     data, test = scenes(s, False), scenes(s, True)
     fusion = load_network(OFFICIAL_F, "fusion")
-    task = SegmentationTask(len(CLASSES), (s.size, s.size))
+    task = SegmentationTask(len(CLASSES), (s.size, s.size), architecture="segformer_b0")
     nets = Networks(fusion, None, task)
     config = MetaConfig(inner_lr=s.lr)
     f_opt = torch.optim.Adam(fusion.parameters(), s.lr)
@@ -263,7 +263,7 @@ def run_arm(s: Settings, work: Path, seed: int, arm: str) -> dict[str, Any]:
     if arm in TRAINED_ARMS:
         fusion = FusionNet()
         fusion.load_state_dict(torch.load(warm / "fusion.pt", weights_only=True))
-        task = SegmentationTask(len(CLASSES), (s.size, s.size))
+        task = SegmentationTask(len(CLASSES), (s.size, s.size), architecture="segformer_b0")
         task.model.load_state_dict(torch.load(warm / "task.pt", weights_only=True))
         torch.manual_seed(seed)
         g_init = LossGenerationNet()

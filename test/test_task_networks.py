@@ -14,7 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.task_networks import DetectionTask, SegmentationTask, yolo_targets
+from training.task_networks import (
+    DETECTOR_ARCHITECTURES,
+    SEGMENTER_ARCHITECTURES,
+    DetectionTask,
+    SegmentationTask,
+    save_task_checkpoint,
+    task_from_checkpoint,
+    yolo_targets,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,16 +36,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def seg() -> SegmentationTask:
+@pytest.fixture(scope="module", params=SEGMENTER_ARCHITECTURES)
+def seg(request) -> SegmentationTask:
     torch.manual_seed(0)
-    return SegmentationTask(num_classes=4, input_size=(64, 64))
+    return SegmentationTask(num_classes=4, input_size=(64, 64), architecture=request.param)
 
 
-@pytest.fixture(scope="module")
-def det() -> DetectionTask:
+@pytest.fixture(scope="module", params=list(DETECTOR_ARCHITECTURES))
+def det(request) -> DetectionTask:
     torch.manual_seed(0)
-    return DetectionTask(num_classes=2, input_size=(48, 64))
+    return DetectionTask(num_classes=2, input_size=(48, 64), architecture=request.param)
 
 
 BOXES = [
@@ -56,8 +64,10 @@ def test_yolo_targets_converts_pixel_boxes() -> None:
     assert empty["bboxes"].shape == (0, 4) and empty["cls"].shape == (0, 1)
 
 
-def test_segmentation_loss_is_transformers_cross_entropy(seg: SegmentationTask) -> None:
+def test_segmentation_loss_is_transformers_cross_entropy() -> None:
     """Our loss equals SegFormer's own (bilinear upsampling to labels, ignore index 255)."""
+    torch.manual_seed(0)
+    seg = SegmentationTask(num_classes=4, input_size=(64, 64), architecture="segformer_b0")
     torch.manual_seed(1)
     fused = torch.rand(2, 1, 64, 64)
     labels = torch.randint(0, 4, (2, 48, 40))
@@ -73,10 +83,13 @@ def test_segmentation_loss_is_transformers_cross_entropy(seg: SegmentationTask) 
     assert seg.model.config.hidden_sizes == [32, 64, 160, 256]
 
 
-@pytest.mark.parametrize("name", ["seg", "det"])
-def test_fast_weights_drive_the_loss_and_leave_the_module(name: str, request) -> None:
+@pytest.mark.parametrize("name,architecture", [
+    *(("seg", a) for a in SEGMENTER_ARCHITECTURES), *(("det", a) for a in DETECTOR_ARCHITECTURES)])
+def test_fast_weights_drive_the_loss_and_leave_the_module(name: str, architecture: str) -> None:
     """functional_call on a parameter dict: gradients reach the dict, the module is unchanged."""
-    task = request.getfixturevalue(name)
+    torch.manual_seed(0)
+    task = (SegmentationTask(4, (64, 64), architecture=architecture) if name == "seg"
+            else DetectionTask(2, (48, 64), architecture=architecture))
     torch.manual_seed(2)
     fused = torch.rand(2, 1, 48, 64, requires_grad=True)
     targets = yolo_targets(BOXES, (48, 64)) if name == "det" else torch.randint(0, 4, (2, 48, 64))
@@ -218,3 +231,91 @@ def test_ultralytics_offline(tmp_path: Path) -> None:
     assert config_dir.is_relative_to(tmp), config_dir
     assert (config_dir / "Ultralytics" / "settings.json").is_file()
     assert not any(home.rglob("*")), f"wrote into HOME: {list(home.rglob('*'))}"
+
+
+@pytest.mark.parametrize("task,architecture", [
+    ("segmentation", "lite0_mlp"), ("segmentation", "segformer_b0"),
+    ("detection", "yolov8n_lite0"), ("detection", "yolov8n")])
+def test_task_pt_rebuilds_its_own_architecture(tmp_path: Path, task: str,
+                                               architecture: str) -> None:
+    """A task.pt names its network; a record from before the name existed is the old one."""
+    from training.task_networks import load_task_checkpoint
+
+    cls = SegmentationTask if task == "segmentation" else DetectionTask
+    torch.manual_seed(5)
+    net = cls(3, (64, 64), architecture=architecture, pretrained=False)
+    path = save_task_checkpoint(tmp_path / "task.pt", task, ["a", "b", "c"], [64, 64],
+                                net.model.state_dict(), {}, architecture)
+    assert not (tmp_path / "task.pt.tmp").exists()
+    record = load_task_checkpoint(path)
+    back = task_from_checkpoint(record)
+    assert back.architecture == architecture
+    for k, v in net.model.state_dict().items():
+        assert torch.equal(back.model.state_dict()[k], v), k
+    legacy = {k: v for k, v in record.items() if k != "architecture"}
+    if architecture in ("segformer_b0", "yolov8n"):
+        assert task_from_checkpoint(legacy).architecture == architecture
+    else:
+        with pytest.raises(RuntimeError):  # a Lite0 state dict is no SegFormer / YOLOv8n one
+            task_from_checkpoint(legacy)
+
+
+def test_segformer_from_a_saved_pretrained_folder(tmp_path: Path) -> None:
+    """pretrained: a save_pretrained SegFormer (RGB, other classes) becomes one-channel with its
+    ImageNet normalisation folded in: on a grey image it computes what the RGB network does on
+    that image normalised, away from the zero-padded border."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(6)
+    config = SegformerConfig(num_channels=3, num_labels=5, depths=[1, 1, 1, 1],
+                             hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 1, 1],
+                             decoder_hidden_size=16)
+    rgb = SegformerForSemanticSegmentation(config).eval()
+    rgb.save_pretrained(tmp_path / "segformer")
+    task = SegmentationTask(3, (64, 64), architecture="segformer_b0",
+                            pretrained=tmp_path / "segformer")
+    grey = task.model.eval()
+    assert grey.config.num_channels == 1 and grey.config.num_labels == 3
+    ours = dict(grey.named_parameters())
+    theirs = dict(rgb.named_parameters())
+    block = next(k for k in theirs if k.endswith("attention.q_proj.weight"))
+    torch.testing.assert_close(ours[block], theirs[block])  # the encoder came along
+    x = torch.rand(1, 1, 128, 128)
+    mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+    with torch.no_grad():  # the first patch embedding; its zero padding differs at the border
+        want = rgb.segformer.stages[0].patch_embeddings.proj((x.repeat(1, 3, 1, 1) - mean) / std)
+        got = grey.segformer.stages[0].patch_embeddings.proj(x)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    torch.testing.assert_close(got[inner], want[inner], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got[:, :, :1], want[:, :, :1], atol=1e-4)  # the border differs
+    with pytest.raises(ValueError, match="not a SegFormer save_pretrained folder"):
+        SegmentationTask(3, (64, 64), architecture="segformer_b0", pretrained=tmp_path / "none")
+
+
+def test_detector_init_from_a_users_ultralytics_checkpoint(tmp_path: Path) -> None:
+    """init: an RGB, 80-class YOLOv8n file the user names starts the one-channel detector: the
+    first convolution summed over RGB, the rest copied, the class branch left to train."""
+    from ultralytics import YOLO
+
+    from training.train_detector import _ultralytics_model_init
+
+    torch.manual_seed(7)
+    coco_like = YOLO("yolov8n.yaml", task="detect")  # 3 channels, 80 classes: as yolov8n.pt
+    coco_like.save(tmp_path / "yolov8n.pt")
+    theirs = YOLO(str(tmp_path / "yolov8n.pt")).model.float().state_dict()  # saved as fp16
+    path, architecture = _ultralytics_model_init(tmp_path / "yolov8n.pt", tmp_path, 3)
+    assert architecture == "yolov8n"
+    ours = YOLO(str(path)).model.float().state_dict()
+    torch.testing.assert_close(ours["model.0.conv.weight"],  # ultralytics stores fp16
+                               theirs["model.0.conv.weight"].sum(dim=1, keepdim=True),
+                               atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(ours["model.8.m.0.cv1.conv.weight"],
+                               theirs["model.8.m.0.cv1.conv.weight"])
+    cls_bias = "model.22.cv3.0.2.bias"
+    assert ours[cls_bias].shape == (3,) and theirs[cls_bias].shape == (80,)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _ultralytics_model_init(tmp_path / "missing.pt", tmp_path, 3)
+    YOLO("yolov8s.yaml", task="detect").save(tmp_path / "yolov8s.pt")
+    with pytest.raises(ValueError, match="not a YOLOv8n checkpoint"):
+        _ultralytics_model_init(tmp_path / "yolov8s.pt", tmp_path, 3)

@@ -81,6 +81,9 @@ class TrainConfig:
     fused_image: str = "network"
     init_fusion: str | None = None  # F checkpoint to start from (official or ours)
     init_task: str | None = None  # task.pt to start T from (a detector that already sees objects)
+    # T's network without init_task (task_networks.SEGMENTER_ARCHITECTURES / DETECTOR_...);
+    # None: the task's default, ImageNet-pretrained. With init_task, the record's own.
+    task_architecture: str | None = None
     checkpoint_every: int = 100  # steps; also at the end of every phase
     log_every: int = 10
     image_every: int = 200

@@ -57,15 +57,22 @@ class Recipe:
     bundle: str = "models/default"
     seeds: list[int] = field(default_factory=lambda: [0])
     warm_detector_epochs: int = 15
+    # architecture: training.task_networks.DETECTOR_ARCHITECTURES / SEGMENTER_ARCHITECTURES
     detector: dict[str, Any] = field(default_factory=lambda: {
-        "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320]})
+        "epochs": 20, "imgsz": 320, "batch": 16, "input_size": [240, 320],
+        "architecture": "yolov8n_lite0"})
     segmenter: dict[str, Any] = field(default_factory=lambda: {
-        "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320]})
+        "epochs": 6, "batch": 8, "lr": 1e-3, "input_size": [256, 320],
+        "architecture": "lite0_mlp"})
+    # the segmenter trained on the initial F's fusion too (segmenter_init; 0: none), as the
+    # detector is (detector_init): a start for the shipped one while Algorithm 1 runs
+    init_segmenter_epochs: int = 0
     final_detector_epochs: int = 0    # the shipped detector's budget (0: arm (d)'s as is)
     final_detector_input_size: list[int] | None = None  # its deployed (H, W); None: detector's
     final_segmenter_epochs: int = 0   # the shipped segmenter's budget (0: arm (d)'s as is)
-    # then trained on from the final ones: detector {epochs, imgsz, lr0, close_mosaic},
-    # segmenter {epochs, lr}; None: the final ones are shipped
+    # then trained on from the final ones (or, with "from": "init", from detector_init /
+    # segmenter_init): detector {epochs, imgsz, lr0, close_mosaic, from}, segmenter {epochs,
+    # lr, from}; None: the final ones are shipped
     finetune_detector: dict[str, Any] | None = None
     finetune_segmenter: dict[str, Any] | None = None
     threads: int = 2
@@ -107,14 +114,21 @@ def load_recipe(path: str | Path | None) -> Recipe:
         raise ValueError(f"{path}: final_detector_input_size needs final_detector_epochs > 0 "
                          "(it sizes the detector_final stage's network)")
     for kind, needed, allowed in (("detector", {"epochs"}, {"epochs", "imgsz", "lr0",
-                                                            "close_mosaic"}),
-                                  ("segmenter", {"epochs"}, {"epochs", "lr"})):
+                                                            "close_mosaic", "from"}),
+                                  ("segmenter", {"epochs"}, {"epochs", "lr", "from"})):
         settings = recipe.finetune(kind)
         if settings is None:
             continue
         if not isinstance(settings, dict) or not needed <= set(settings) <= allowed:
             raise ValueError(f"{path}: finetune_{kind} needs {', '.join(sorted(needed))} and "
                              f"takes only {', '.join(sorted(allowed))}; got {settings!r}")
+        if settings.get("from", "final") not in ("final", "init"):
+            raise ValueError(f"{path}: finetune_{kind} from must be 'final' or 'init', got "
+                             f"{settings['from']!r}")
+        if settings.get("from") == "init" and kind == "segmenter" \
+                and not recipe.init_segmenter_epochs:
+            raise ValueError(f"{path}: finetune_segmenter from 'init' needs "
+                             "init_segmenter_epochs > 0 (the segmenter_init stage)")
     return recipe
 
 
@@ -137,6 +151,8 @@ class Stages:
                   root / "fused" / "init" / "fused.json")
         self._add("detector_init", lambda: self._detector("init", 0, recipe.warm_detector_epochs),
                   root / "detector_init_s0" / "task.pt")
+        self._add("segmenter_init", self._segmenter_init,
+                  root / "segmenter_init_s0" / "metrics.json")
         for arm, ablation in (("tdfusion", "none"), ("fixed", "I")):
             self._add(f"fusion_{arm}", lambda a=arm, ab=ablation: self._algorithm1(a, ab),
                       root / arm / "fusion.pt")
@@ -223,7 +239,8 @@ class Stages:
         d = self.r.detector
         task_pt = train_detector(data, out, epochs=epochs or d["epochs"], imgsz=d["imgsz"],
                                  batch=d["batch"], seed=seed, threads=self.r.threads,
-                                 input_size=tuple(input_size or d["input_size"]))
+                                 input_size=tuple(input_size or d["input_size"]),
+                                 architecture=d.get("architecture", "yolov8n"))
         metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
         metrics.update(epochs=epochs or d["epochs"], input_size=list(input_size or d["input_size"]))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -240,11 +257,18 @@ class Stages:
         s = self.r.segmenter
         task_pt = train_segmenter(data, out, epochs=epochs or s["epochs"], batch=s["batch"],
                                   lr=s["lr"], seed=seed, threads=self.r.threads,
-                                  input_size=tuple(s["input_size"]), log=_log)
+                                  input_size=tuple(s["input_size"]), log=_log,
+                                  architecture=s.get("architecture", "segformer_b0"))
         metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         metrics.update(epochs=epochs or s["epochs"], input_size=list(s["input_size"]))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"segmenter {out.name}: mIoU {metrics['mIoU']:.3f}")
+
+    def _segmenter_init(self) -> None:
+        """The segmenter on the initial F's fusion (``init_segmenter_epochs``; 0: skipped)."""
+        if self.r.init_segmenter_epochs:
+            self._segmenter("init", 0, self.r.init_segmenter_epochs,
+                            self.r.root / "segmenter_init_s0")
 
     def _detector_final(self) -> None:
         """The deployed detector (or the start of its fine-tune): arm (d)'s recipe with
@@ -261,6 +285,12 @@ class Stages:
             self._segmenter("tdfusion", self.r.seeds[0], self.r.final_segmenter_epochs,
                             self.r.final_dir("segmenter"))
 
+    def finetune_start(self, kind: str) -> Path:
+        """The folder of the network that ``kind``'s fine-tune starts from."""
+        if (self.r.finetune(kind) or {}).get("from") == "init":
+            return self.r.root / f"{kind}_init_s0"
+        return self.r.final_dir(kind)
+
     def _finetune(self, kind: str) -> None:
         """Train the final ``kind`` on (see ``finetune_*``); its folder is what gets shipped."""
         from training.fused_dataset import FusedDataset
@@ -268,7 +298,8 @@ class Stages:
         settings = self.r.finetune(kind)
         if settings is None:
             return
-        init = self.r.final_dir(kind) / "task.pt"
+        start = self.finetune_start(kind)
+        init = start / "task.pt"
         out = self.r.shipped_dir(kind)
         seed = self.r.seeds[0]
         out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +330,7 @@ class Stages:
                 input_size=tuple(size), init=init, log=_log)
             metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         metrics.update(epochs=settings["epochs"], input_size=list(size), finetune=settings,
-                       init=self.r.final_dir(kind).name)
+                       init=start.name)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _log(f"{kind} fine-tuned: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
                                                  ("mAP50", "mAP50-95", "mIoU") if k in metrics))

@@ -427,7 +427,7 @@ def export_task_graphs(args: argparse.Namespace, out: Path) -> dict[str, dict[st
     import torch
 
     from training.onnx_task_export import export_detector, export_segmenter
-    from training.task_networks import DetectionTask, SegmentationTask
+    from training.task_networks import task_from_checkpoint
 
     entries: dict[str, dict[str, Any]] = {}
     for path in args.task or []:
@@ -440,21 +440,24 @@ def export_task_graphs(args: argparse.Namespace, out: Path) -> dict[str, dict[st
         kind, classes = record["task"], list(record["classes"])
         size = tuple(int(v) for v in record["input_size"])
         padded = tuple(-(-v // 32) * 32 for v in size)
+        if kind not in ("detection", "segmentation"):
+            raise SystemExit(f"error: {path}: unknown task {kind!r}")
+        try:
+            task = task_from_checkpoint(record)
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise SystemExit(f"error: {path}: its network cannot be rebuilt ({err})") from err
         if kind == "detection":
-            task = DetectionTask(len(classes), size)
-            task.model.load_state_dict(record["state_dict"])
             entries["detector"] = export_detector(
                 task.model.eval(), out / "detector.onnx", padded, args.opset,
                 class_names=classes, letterbox_center=False,
                 conf_threshold=args.conf_threshold, iou_threshold=args.iou_threshold)
-        elif kind == "segmentation":
-            task = SegmentationTask(len(classes), size)
-            task.model.load_state_dict(record["state_dict"])
+        else:
             entries["segmenter"] = export_segmenter(
                 task.model.eval(), out / "segmenter.onnx", padded, args.opset,
                 class_names=classes)
-        else:
-            raise SystemExit(f"error: {path}: unknown task {kind!r}")
+        # the network by its task.pt name (yolov8n_lite0, lite0_mlp, ...), for the reader
+        entries["detector" if kind == "detection" else "segmenter"]["architecture"] = \
+            task.architecture
     return entries
 
 

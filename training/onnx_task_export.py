@@ -389,7 +389,7 @@ def export_segmenter(
     mean: float = 0.0,
     std: float = 1.0,
 ) -> dict[str, Any]:
-    """Write a SegFormer's logits graph (normalisation folded in), verify it, describe it.
+    """Write a segmenter's logits graph (normalisation folded in), verify it, describe it.
 
     ``mean``/``std``: the normalisation the network was trained with on the [0, 1] fused Y;
     it becomes part of the graph. ``check_images`` as in :func:`export_detector`.

@@ -9,10 +9,17 @@ subclass with a ``criterion`` and a ``predict``.
 
 Both tasks here are built from configuration only; nothing is downloaded.
 
-* ``SegmentationTask``: SegFormer MiT-B0 from ``transformers`` with one input channel (the
+* ``SegmentationTask``: by default the ImageNet-pretrained EfficientNet-Lite0 encoder under an
+  all-MLP decoder (``training/lite0.py``, architecture ``lite0_mlp``); SegFormer MiT-B0 from
+  ``transformers`` (``segformer_b0``, the paper's choice) from its configuration, or from a
+  ``save_pretrained`` folder / hub id the user names (``pretrained``). One input channel (the
   fused Y), cross-entropy at label resolution.
-* ``DetectionTask``: YOLOv8n from ``ultralytics`` (``DetectionModel("yolov8n.yaml", ch=1)``)
-  trained with ultralytics' own ``v8DetectionLoss``.
+* ``DetectionTask``: an ultralytics ``DetectionModel`` with one input channel trained with
+  ultralytics' own ``v8DetectionLoss``: YOLOv8n (``yolov8n``, from scratch) or YOLOv8n's neck and
+  head on the pretrained Lite0 backbone (``yolov8n_lite0``, ``config/models/yolov8n-lite0.yaml``).
+
+A ``task.pt`` names its ``architecture``; ``task_from_checkpoint`` rebuilds the network from it
+(records written before the key existed are SegFormer-B0 / YOLOv8n).
 
 Ultralytics and the network: importing ultralytics probes DNS (``is_online``) unless
 ``YOLO_OFFLINE`` is set, and writes a settings file to ``$YOLO_CONFIG_DIR/Ultralytics/
@@ -44,17 +51,31 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 __all__ = [
+    "DETECTOR_ARCHITECTURES",
+    "SEGMENTER_ARCHITECTURES",
     "DetectionTask",
     "load_task_checkpoint",
     "save_task_checkpoint",
     "Params",
     "SegmentationTask",
     "TaskNetwork",
+    "task_from_checkpoint",
     "ultralytics_config_dir",
     "yolo_targets",
 ]
 
 Params = dict[str, Tensor]
+
+REPO = Path(__file__).resolve().parents[1]
+#: segmenter architectures; the first is the default
+SEGMENTER_ARCHITECTURES = ("lite0_mlp", "segformer_b0")
+#: detector architectures -> ultralytics model YAML; the first is the default
+DETECTOR_ARCHITECTURES = {"yolov8n_lite0": str(REPO / "config" / "models" / "yolov8n-lite0.yaml"),
+                          "yolov8n": "yolov8n.yaml"}
+#: what a task.pt written before records named their architecture holds
+LEGACY_ARCHITECTURES = {"segmentation": "segformer_b0", "detection": "yolov8n"}
+#: SegFormer's ImageNet normalisation (RGB mean, std), folded into a pretrained stem
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def ultralytics_config_dir() -> Path:
@@ -135,11 +156,17 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 class SegmentationTask(TaskNetwork):
-    """SegFormer MiT-B0 (``transformers``), one input channel, built from its configuration.
+    """A semantic segmenter with one input channel: logits at stride 4 of its input.
 
-    The loss is cross-entropy at label resolution: logits (H/4, W/4 of the input) are
-    upsampled bilinearly (``align_corners=False``, as transformers' own SegFormer loss does) to
-    the label size; labels equal to ``ignore_index`` do not count.
+    ``architecture``: ``lite0_mlp`` (ImageNet-pretrained EfficientNet-Lite0 encoder with the
+    package's weights, ``pretrained=False`` leaves it random) or ``segformer_b0`` (MiT-B0 from
+    its configuration; ``pretrained`` may name a ``save_pretrained`` folder or a hub id, whose
+    first patch embedding is folded to one channel with SegFormer's ImageNet normalisation and
+    whose classifier is replaced for ``num_classes``).
+
+    The loss is cross-entropy at label resolution: logits are upsampled bilinearly
+    (``align_corners=False``, as transformers' own SegFormer loss does) to the label size;
+    labels equal to ``ignore_index`` do not count.
     """
 
     def __init__(
@@ -147,29 +174,33 @@ class SegmentationTask(TaskNetwork):
         num_classes: int,
         input_size: tuple[int, int] = (240, 320),
         ignore_index: int = 255,
+        architecture: str = SEGMENTER_ARCHITECTURES[0],
+        pretrained: bool | str | Path = True,
     ) -> None:
-        from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        config = SegformerConfig(
-            num_channels=1,
-            num_labels=num_classes,
-            num_encoder_blocks=4,
-            depths=[2, 2, 2, 2],
-            sr_ratios=[8, 4, 2, 1],
-            hidden_sizes=[32, 64, 160, 256],
-            num_attention_heads=[1, 2, 5, 8],
-            decoder_hidden_size=256,
-            semantic_loss_ignore_index=ignore_index,
-        )
-        super().__init__(SegformerForSemanticSegmentation(config), input_size)
+        if architecture not in SEGMENTER_ARCHITECTURES:
+            raise ValueError(f"segmenter architecture must be one of "
+                             f"{', '.join(SEGMENTER_ARCHITECTURES)}, got {architecture!r}")
+        if architecture == "lite0_mlp":
+            from training.lite0 import Lite0Segmenter
+
+            if not isinstance(pretrained, bool):
+                raise ValueError("lite0_mlp takes pretrained=True/False (its weights come from "
+                                 f"the installed package), not {pretrained!r}")
+            model: nn.Module = Lite0Segmenter(num_classes, pretrained=pretrained)
+        else:
+            model = _segformer_b0(num_classes, ignore_index,
+                                  pretrained if not isinstance(pretrained, bool) else None)
+        super().__init__(model, input_size)
+        self.architecture = architecture
         self.num_classes = num_classes
         self.ignore_index = ignore_index
 
     def run(self, image: Tensor, params: Params | None = None) -> Tensor:
         """Logits (B, classes, H/4, W/4)."""
-        return super().run(image, params).logits
+        out = super().run(image, params)
+        return out.logits if self.architecture == "segformer_b0" else out
 
     def criterion(self, output: Tensor, targets: Tensor, image: Tensor) -> Tensor:
         """``targets``: (B, h, w) integer class ids at label resolution."""
@@ -189,6 +220,43 @@ class SegmentationTask(TaskNetwork):
             logits = self.run(self.prepare(fused))
         logits = F.interpolate(logits, size=fused.shape[-2:], mode="bilinear", align_corners=False)
         return logits.argmax(dim=1)
+
+
+def _segformer_b0(num_classes: int, ignore_index: int,
+                  pretrained: str | Path | None) -> nn.Module:
+    """SegFormer-B0 with one input channel: from its configuration, or from ``pretrained``."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    if pretrained is None:
+        config = SegformerConfig(
+            num_channels=1, num_labels=num_classes, num_encoder_blocks=4, depths=[2, 2, 2, 2],
+            sr_ratios=[8, 4, 2, 1], hidden_sizes=[32, 64, 160, 256],
+            num_attention_heads=[1, 2, 5, 8], decoder_hidden_size=256,
+            semantic_loss_ignore_index=ignore_index)
+        return SegformerForSemanticSegmentation(config)
+    try:
+        model = SegformerForSemanticSegmentation.from_pretrained(
+            str(pretrained), num_labels=num_classes, ignore_mismatched_sizes=True,
+            semantic_loss_ignore_index=ignore_index)
+    except OSError as err:
+        raise ValueError(f"segmenter pretrained={pretrained!r}: not a SegFormer save_pretrained "
+                         f"folder, nor a hub id that can be fetched ({err})") from err
+    first = model.segformer.stages[0].patch_embeddings
+    embed = first.proj
+    if embed.in_channels == 3:  # fold (x - mean_c) / std_c of a grey x into one channel
+        weight = embed.weight.detach()
+        std = weight.new_tensor(IMAGENET_STD)[None, :, None, None]
+        mean = weight.new_tensor(IMAGENET_MEAN)[None, :, None, None]
+        grey = nn.Conv2d(1, embed.out_channels, embed.kernel_size, embed.stride, embed.padding)
+        with torch.no_grad():
+            grey.weight.copy_((weight / std).sum(dim=1, keepdim=True))
+            grey.bias.copy_(embed.bias - (weight * mean / std).sum(dim=(1, 2, 3)))
+        first.proj = grey
+        model.config.num_channels = 1
+    elif embed.in_channels != 1:
+        raise ValueError(f"segmenter pretrained={pretrained!r}: {embed.in_channels} input "
+                         "channels; 1 or 3 expected")
+    return model
 
 
 def yolo_targets(
@@ -247,16 +315,19 @@ class DetectionTask(TaskNetwork):
         cls_gain: float = 0.5,
         dfl_gain: float = 1.5,
         pad_value: float = 114 / 255,
-        cfg: str = "yolov8n.yaml",
+        architecture: str = next(iter(DETECTOR_ARCHITECTURES)),
+        pretrained: bool = True,
     ) -> None:
-        from ultralytics.nn.tasks import DetectionModel
-
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        model = DetectionModel(cfg, ch=1, nc=num_classes, verbose=False)
+        if architecture not in DETECTOR_ARCHITECTURES:
+            raise ValueError(f"detector architecture must be one of "
+                             f"{', '.join(DETECTOR_ARCHITECTURES)}, got {architecture!r}")
+        model = detection_model(architecture, num_classes, pretrained)
         # v8DetectionLoss reads its gains from ``model.args`` (the trainer's hyperparameters).
         model.args = SimpleNamespace(box=box_gain, cls=cls_gain, dfl=dfl_gain)
         super().__init__(model, input_size)
+        self.architecture = architecture
         self.num_classes = num_classes
         self.pad_value = pad_value
         self.stride = int(model.stride.max())
@@ -326,15 +397,55 @@ class DetectionTask(TaskNetwork):
         return out
 
 
+def detection_model(architecture: str, num_classes: int, pretrained: bool = True) -> nn.Module:
+    """The ultralytics ``DetectionModel`` of ``architecture``, one input channel.
+
+    ``pretrained`` concerns ``yolov8n_lite0`` only: its backbone starts from the package's
+    ImageNet weights (the builder's ``weights="DEFAULT"``), else random.
+    """
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    cfg: str | dict[str, Any] = DETECTOR_ARCHITECTURES[architecture]
+    if architecture == "yolov8n_lite0":
+        from training.lite0 import register_torchvision_builder
+
+        register_torchvision_builder()
+        if not pretrained:
+            cfg = yaml_model_load(cfg)
+            cfg["backbone"][0][3][2] = None  # TorchVision's weights argument
+    return DetectionModel(cfg, ch=1, nc=num_classes, verbose=False)
+
+
+def task_from_checkpoint(record: dict[str, Any]) -> TaskNetwork:
+    """The task network of a ``task.pt`` record, with its weights; the encoder is built without
+    loading ImageNet weights (the record's replace them)."""
+    task, classes = record["task"], record["classes"]
+    size = tuple(int(v) for v in record["input_size"])
+    arch = record.get("architecture", LEGACY_ARCHITECTURES.get(task))
+    if task == "detection":
+        net: TaskNetwork = DetectionTask(len(classes), size, architecture=arch, pretrained=False)
+    elif task == "segmentation":
+        net = SegmentationTask(len(classes), size, architecture=arch, pretrained=False)
+    else:
+        raise ValueError(f"unknown task {task!r} in task.pt")
+    net.model.load_state_dict(record["state_dict"])
+    return net
+
+
 def save_task_checkpoint(path: str | Path, task: str, classes: Sequence[str],
                          input_size: Sequence[int], state_dict: dict[str, Tensor],
-                         meta: dict[str, Any]) -> Path:
-    """Write a ``task.pt``: the task, classes, input size and weights of a task network (read
-    back with ``load_task_checkpoint``; ``training/export.py --task`` exports it)."""
+                         meta: dict[str, Any], architecture: str | None = None) -> Path:
+    """Write a ``task.pt``: the task, architecture, classes, input size and weights of a task
+    network (read back with ``load_task_checkpoint``; ``training/export.py --task`` exports
+    it). Written to a temporary file and renamed, so a reader never sees half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": task,
+                "architecture": architecture or LEGACY_ARCHITECTURES[task],
                 "classes": list(classes), "num_classes": len(classes),
-                "input_size": list(input_size), "state_dict": state_dict, "meta": meta}, path)
-    return Path(path)
+                "input_size": list(input_size), "state_dict": state_dict, "meta": meta}, tmp)
+    tmp.replace(path)
+    return path
 
 
 def load_task_checkpoint(path: str | Path) -> dict[str, Any]:

