@@ -163,3 +163,30 @@ def test_export_refuses_bad_requests(tmp_path: Path, images: list[np.ndarray]) -
         export_detector(segformer_b0(2), tmp_path / "d.onnx", DET_HW, check_images=images)
     with pytest.raises(ValueError, match="HxW float"):
         export_detector(model, tmp_path / "d.onnx", DET_HW, check_images=[images[0] > 0.5])
+
+
+def test_pretrained_encoder_graphs_match_pytorch(images: list[np.ndarray],
+                                                 tmp_path: Path) -> None:
+    """The ImageNet-encoder segmenter and detector export with their Lite preprocessing inside
+    the graph, fixed input sizes, and PyTorch's outputs (the exporters' own parity checks)."""
+    from training.task_networks import DetectionTask, SegmentationTask
+
+    seg = SegmentationTask(4, SEG_HW, architecture="lite0_mlp").model
+    seg_meta = export_segmenter(seg, tmp_path / "segmenter.onnx", SEG_HW, check_images=images,
+                                class_names=["background", "person", "bike", "car"])
+    check_io_metadata(seg_meta, tmp_path / "segmenter.onnx")
+    assert seg_meta["inputs"][0]["shape"] == [1, 1, *SEG_HW] and seg_meta["output_stride"] == 4
+    assert seg_meta["parity"]["min_pixel_agreement"] >= 0.999
+    x = segmenter_input(images[0], SEG_HW)
+    session = ort.InferenceSession(str(tmp_path / "segmenter.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = seg.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(session.run(None, {"image": x})[0] - expected).max() < 1e-3
+    det = DetectionTask(len(CLASSES), DET_HW, architecture="yolov8n_lite0").model
+    det_meta = export_detector(det, tmp_path / "detector.onnx", DET_HW, class_names=CLASSES,
+                               check_images=images, letterbox_center=False)
+    check_io_metadata(det_meta, tmp_path / "detector.onnx")
+    assert det_meta["inputs"][0]["shape"] == [1, 1, *DET_HW]
+    assert det_meta["parity"]["max_abs_diff"] <= 1e-3
+    assert det_meta["parity"]["max_box_diff_px"] <= 1e-2
