@@ -78,38 +78,74 @@ def test_trains_end_to_end(tmp_path: Path, task: str) -> None:
     assert bundle.graph("fusion").path.is_file()
 
 
-def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
-    """SIGKILL mid-epoch, then --resume: the result equals an uninterrupted run's."""
+# Five kills of one run, each in the process resumed from the one before (``test/kill_at.py``
+# sends SIGKILL from inside at an exact moment; the fourth comes from this test, from outside).
+KILLS = (
+    "write:last.pt:2",                 # half of the checkpoint at the end of G's phase on disk
+    "rename:last.pt.tmp:1",            # a checkpoint written in full, not yet renamed
+    "call:learning_step:1",            # F and T stepped in memory, nothing saved since
+    "outside",                         # this test's SIGKILL, once an F/T step is checkpointed
+    "write:loss_generation.pt:1",      # half of a final network on disk
+)
+
+
+def assert_whole_checkpoints(out: Path, moment: str) -> None:
+    """Every checkpoint under its own name loads in full; a kill mid-write left only a tmp."""
+    for path in out.glob("*.pt"):
+        torch.load(path, weights_only=True)  # raises on a truncated file
+    if moment.startswith("write:"):
+        tmp = out / (moment.split(":")[1] + ".tmp")
+        assert tmp.is_file(), f"{moment}: the kill did not happen mid-write"
+        with pytest.raises(Exception):  # noqa: B017 - any error: the half file must not load
+            torch.load(tmp, weights_only=True)
+
+
+def test_killed_five_times_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """kill -9 at five moments (mid-step, mid-checkpoint-write, between write and rename,
+    mid-final-save), ``--resume`` after each: the final weights equal an uninterrupted run's
+    bit for bit, and no checkpoint on disk is ever half-written."""
     straight = tmp_path / "straight"
     assert run(train_cmd(straight)).returncode == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(train_cmd(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
     checkpoint = killed / "last.pt"
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if checkpoint.exists():
-                position = torch.load(checkpoint, weights_only=True)["position"]
-                if position["phase"] == 1 and position["step"] >= 1:  # inside the F/T phase
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert not (killed / "summary.json").exists()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for n, moment in enumerate(KILLS):
+        args = train_cmd(killed)[2:] if n == 0 else ["--resume", str(checkpoint),
+                                                      "--no-progress"]
+        cmd = [sys.executable, "test/kill_at.py",
+               "none" if moment == "outside" else moment, "training.train", *args]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            if moment == "outside":
+                deadline = time.time() + 600
+                while time.time() < deadline and proc.poll() is None:
+                    position = torch.load(checkpoint, weights_only=True)["position"]
+                    if position["phase"] == 1 and position["step"] >= 1:  # inside F/T
+                        break
+                    time.sleep(0.05)
+                assert proc.poll() is None, "the run ended before it could be killed"
+                proc.send_signal(signal.SIGKILL)
+            _, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL, f"{moment}: not killed\n{stderr[-3000:]}"
+        assert not (killed / "summary.json").exists(), moment
+        assert_whole_checkpoints(killed, moment)
     resumed = run([sys.executable, "training/train.py", "--resume", str(checkpoint),
                    "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((killed / "summary.json").read_text())["position"]["epoch"] == 1
     a, b = final_weights(straight), final_weights(killed)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    last_a = torch.load(straight / "last.pt", weights_only=True)
+    last_b = torch.load(checkpoint, weights_only=True)
+    assert last_a["position"] == last_b["position"]
+    assert torch.equal(last_a["rng"]["torch"], last_b["rng"]["torch"])
 
 
 def test_non_finite_loss_stops_and_names_the_step(tmp_path: Path) -> None:

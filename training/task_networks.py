@@ -437,15 +437,15 @@ def save_task_checkpoint(path: str | Path, task: str, classes: Sequence[str],
                          meta: dict[str, Any], architecture: str | None = None) -> Path:
     """Write a ``task.pt``: the task, architecture, classes, input size and weights of a task
     network (read back with ``load_task_checkpoint``; ``training/export.py --task`` exports
-    it). Written to a temporary file and renamed, so a reader never sees half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "tdfusion_ros", "version": 1, "network": "task", "task": task,
-                "architecture": architecture or LEGACY_ARCHITECTURES[task],
-                "classes": list(classes), "num_classes": len(classes),
-                "input_size": list(input_size), "state_dict": state_dict, "meta": meta}, tmp)
-    tmp.replace(path)
-    return path
+    it). Written to a temporary file, flushed to disk and renamed, so a reader never sees half
+    of one (``training.atomic``)."""
+    from training.atomic import save_torch
+
+    return save_torch({"format": "tdfusion_ros", "version": 1, "network": "task", "task": task,
+                       "architecture": architecture or LEGACY_ARCHITECTURES[task],
+                       "classes": list(classes), "num_classes": len(classes),
+                       "input_size": list(input_size), "state_dict": state_dict, "meta": meta},
+                      path)
 
 
 def load_task_checkpoint(path: str | Path) -> dict[str, Any]:

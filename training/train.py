@@ -20,12 +20,14 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -35,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 from tdfusion_ros.nets.checkpoints import load_network, save_network  # noqa: E402
 from tdfusion_ros.nets.networks import FusionNet, LossGenerationNet  # noqa: E402
 from training import datasets  # noqa: E402
+from training.atomic import atomic_write, save_torch  # noqa: E402
 from training.batches import (  # noqa: E402
     EpochBatches,
     FusionBatch,
@@ -200,7 +203,8 @@ class GradientAveragingOptimizer:
 
 def save_checkpoint(path: Path, config: TrainConfig, position: Position, nets: Networks,
                     optimizers: dict, schedulers: dict, history: list[dict]) -> None:
-    """Everything needed to continue exactly; written atomically (tmp file + rename)."""
+    """Everything needed to continue exactly; written atomically (tmp file, fsync, rename),
+    so a kill at any moment leaves the previous checkpoint or this one, never half of one."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
@@ -208,13 +212,40 @@ def save_checkpoint(path: Path, config: TrainConfig, position: Position, nets: N
         "networks": {name: module.state_dict() for name, module in _modules(nets).items()},
         "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
         "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": rng_states(),
         "history": history,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_torch(state, path)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global random stream (batches and crops use their own seeded generators; T's
+    dropout draws from torch's), in types ``torch.load(weights_only=True)`` reads back."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                      "pos": int(numpy_state["state"]["pos"]),
+                      "has_gauss": int(numpy_state["has_gauss"]),
+                      "gauss": float(numpy_state["gauss"])},
+            "python": random.getstate()}
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """The streams ``rng_states`` saved (a checkpoint from before numpy's and Python's were
+    saved restores torch's alone)."""
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state({"bit_generator": "MT19937",
+                             "state": {"key": n["key"].numpy().astype(np.uint32),
+                                       "pos": n["pos"]},
+                             "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -314,6 +345,8 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None,
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
     dataset = build_dataset(config)
     nets = build_networks(config, dataset, device)
     optimizers = build_optimizers(config, nets)
@@ -326,9 +359,7 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None,
             opt.load_state_dict(resume["optimizers"][name])
         for name, sched in schedulers.items():
             sched.load_state_dict(resume["schedulers"][name])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if resume["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        restore_rng_states(resume["rng"])
         position, history = Position(**resume["position"]), list(resume["history"])
     step_opts = dict(optimizers)
     if size > 1:
@@ -453,7 +484,8 @@ def train(config: TrainConfig, resume: dict[str, Any] | None = None,
             "networks": save_final_networks(out_dir, config, nets, dataset),
             "checkpoint": str(out_dir / "last.pt"),
         }
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        text = json.dumps(summary, indent=2).encode()
+        atomic_write(out_dir / "summary.json", lambda f: f.write(text))
         writer.close()
     if dist.is_initialized():
         dist.barrier()
