@@ -4,15 +4,18 @@ and live runs share.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import platform
 import queue
 import random
 import resource
+import shutil
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,87 @@ class ReplayRunError(ReplayError):
     """Something failed while running (exit status 1)."""
 
     exit_code = EXIT_FAILED
+
+
+class OutputWriteError(ReplayRunError):
+    """An output could not be written (full disk, read-only folder): the path and the cause."""
+
+    def __init__(self, path: str | Path, reason: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+        self.exit_code = exit_code  # EXIT_BAD_INPUT when found before the replay starts
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def why_not_written(path: str | Path, err: BaseException | None = None) -> str:
+    """What stopped a write, in words: the error's errno, else what the file system says."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device (the disk is full): free space, or choose another --out"
+    if code == errno.EROFS:
+        return "the file system is read-only: choose another --out"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied: choose another --out"
+    folder = _existing(Path(path).parent)
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return ("no space left on the device (the disk is full): free space, or choose "
+                    "another --out")
+    except OSError:
+        pass
+    if not os.access(folder, os.W_OK):
+        return "the folder is not writable (read-only or no permission): choose another --out"
+    if err is not None:
+        return getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return "the write failed"
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """OSError inside becomes an OutputWriteError naming ``path`` and the cause."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as err:
+        target = err.filename or path  # the file the system names, else the one being written
+        raise OutputWriteError(target, why_not_written(target, err)) from err
+
+
+def imwrite(path: Path, image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """cv2.imwrite that raises (OpenCV only returns False on a full disk or a read-only
+    folder)."""
+    import cv2
+
+    with writing(path):
+        ok = cv2.imwrite(str(path), image, list(params))
+    if not ok:
+        Path(path).unlink(missing_ok=True)  # whatever part of it reached the disk
+        raise OutputWriteError(path, why_not_written(path))
+
+
+def write_text_whole(path: str | Path, text: str) -> Path:
+    """``path`` holds ``text`` in full or is left as it was: written to ``PATH.tmp``, flushed to
+    disk, renamed; on failure the tmp file is removed and OutputWriteError names ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with writing(path):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 # --------------------------------------------------------------------------- options

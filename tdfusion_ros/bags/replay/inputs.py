@@ -25,10 +25,15 @@ from tdfusion_ros.bags.replay.common import (
     BUILDER_CUSTOM_KEY,
     DEFAULT_RGB_TOPICS,
     DEFAULT_THERMAL_TOPICS,
+    EXIT_BAD_INPUT,
     RGB_HINTS,
     THERMAL_HINTS,
+    OutputWriteError,
     ReplayError,
     ReplayOptions,
+    why_not_written,
+    write_text_whole,
+    writing,
 )
 from tdfusion_ros.ros import node_params
 from tdfusion_ros.runtime.pairing import PairingConfig
@@ -182,12 +187,27 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise ReplayError(f"output folder {out} holds an earlier replay; pass --overwrite "
                               "to replace it")
+        _check_writable(out)  # before anything of the earlier replay is removed
+        # the report first: a folder left half-cleared must not look like a finished replay
+        for name in ("summary.json", "report.html", "summary.md", "fused.mp4",
+                     "detections.json", "frames.csv", "fusion_params.yaml"):
+            with writing(out / name):
+                (out / name).unlink(missing_ok=True)
         for name in ("fused", "masks", "samples", "fused_bag", "live", ".replay_tmp"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("fused.mp4", "detections.json", "frames.csv", "summary.json",
-                     "summary.md", "report.html", "fusion_params.yaml"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """A folder it cannot create or write to (read-only, no permission) is refused before any
+    work, naming the folder."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".replay_write_check"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise OutputWriteError(out, why_not_written(out, err), EXIT_BAD_INPUT) from err
 
 
 def _setup(opts: ReplayOptions) -> _Setup:
@@ -257,7 +277,8 @@ def _setup(opts: ReplayOptions) -> _Setup:
                     "builtin core (message_filters is not deterministic)")
     pairing = dataclasses.replace(node_params.pairing_config(values), policy="every")
     effective = opts.out / "fusion_params.yaml"
-    effective.write_text(
+    write_text_whole(
+        effective,
         "# The parameters of this replay (config file + command line), in the node's format:\n"
         f"# source: {config}\n"
         + yaml.safe_dump({"/**": {"ros__parameters": _nest(values)}}, sort_keys=False))

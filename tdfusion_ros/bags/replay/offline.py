@@ -29,6 +29,7 @@ from tdfusion_ros.bags.replay.common import (
     FUSED_IMAGE_TOPIC,
     FUSED_SEGMENTATION_TOPIC,
     IMAGE_TYPE,
+    OutputWriteError,
     ReplayError,
     ReplayOptions,
     ReplayRunError,
@@ -36,6 +37,9 @@ from tdfusion_ros.bags.replay.common import (
     _put,
     _Stages,
     _Timeline,
+    imwrite,
+    why_not_written,
+    writing,
 )
 from tdfusion_ros.bags.replay.inputs import _Setup
 from tdfusion_ros.bags.replay.labels import _labels_to_fused, _SegEval
@@ -204,6 +208,8 @@ class _Offline:
             reader.join(timeout=30)
             usage = resource.getrusage(resource.RUSAGE_SELF)
             self.process_cpu_s = usage.ru_utime + usage.ru_stime - cpu0
+        if isinstance(self.writer_error, OutputWriteError):
+            raise self.writer_error
         if self.writer_error is not None:
             raise ReplayRunError(f"writing outputs failed: {self.writer_error}") \
                 from self.writer_error
@@ -217,7 +223,8 @@ class _Offline:
     # ------------------------------------------------------------------ writer thread
     def _write_loop(self) -> None:
         try:
-            self._open_outputs()
+            with writing(self.out):  # a folder it cannot create or write to
+                self._open_outputs()
             while True:
                 item = self.out_q.get()
                 if item is _END:
@@ -266,10 +273,10 @@ class _Offline:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         self.tmp = out / ".replay_tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.coco_images = (self.tmp / "images.jsonl").open("w")
-        self.coco_anns = (self.tmp / "annotations.jsonl").open("w")
+        self.coco_images = _NamedFile(self.tmp / "images.jsonl")
+        self.coco_anns = _NamedFile(self.tmp / "annotations.jsonl")
         self.ann_id = 0
-        self.csv = (out / "frames.csv").open("w")
+        self.csv = _NamedFile(out / "frames.csv")
         self.csv.write("frame,pair_index,rgb_stamp_ns,thermal_stamp_ns,stamp_diff_ms,"
                        "rgb_receive_ns,mode,detections," + ",".join(f"{s}_ms" for s in
                                                                  CSV_STAGES) + "\n")
@@ -277,8 +284,8 @@ class _Offline:
         if opts.output_bag:
             from rosbags.rosbag2 import StoragePlugin, Writer
 
-            self.bag_writer = Writer(out / "fused_bag", version=9,
-                                     storage_plugin=StoragePlugin.MCAP)
+            self.bag_writer = _NamedBagWriter(out / "fused_bag", Writer(
+                out / "fused_bag", version=9, storage_plugin=StoragePlugin.MCAP))
             self.bag_writer.open()
             store = self.messages.store
             self.conn_image = self.bag_writer.add_connection(FUSED_IMAGE_TOPIC, IMAGE_TYPE,
@@ -334,13 +341,13 @@ class _Offline:
             if self.opts.video:
                 frame = fused if (width, height) == self.video_size else cv2.resize(
                     fused, self.video_size)
-                self.video.write(frame)
+                self.video.write(frame)  # silent when it fails: checked once closed
                 self.video_frames += 1
         if self.opts.png:
-            cv2.imwrite(str(self.out / "fused" / f"{name}.png"), fused)
+            imwrite(self.out / "fused" / f"{name}.png", fused)
         class_map = result.class_map
         if class_map is not None and self.opts.masks:
-            cv2.imwrite(str(self.out / "masks" / f"{name}.png"), class_map.astype(np.uint8))
+            imwrite(self.out / "masks" / f"{name}.png", class_map.astype(np.uint8))
 
         # the node's messages
         if self.bag_writer is not None:
@@ -428,7 +435,8 @@ class _Offline:
             if luma is not None:
                 path = self.tmp / f"m_{index:06d}.npy"
                 fused_y = np.clip(np.rint(result.fused_y * 255.0), 0, 255).astype(np.uint8)
-                np.save(path, np.stack([fused_y, *luma]))
+                with writing(path):
+                    np.save(path, np.stack([fused_y, *luma]))
                 self.metric_files.append((index, stamp, path))
         if index in self.sample_targets:
             self._sample(index, pair, result, t8, gt_fused)
@@ -487,7 +495,7 @@ class _Offline:
             panels.append(_label_panel(overlay(fused, result.class_map), size, "segmentation"))
         strip = np.concatenate(panels, axis=1)
         file = f"sample_{index:06d}.jpg"
-        cv2.imwrite(str(self.out / "samples" / file), strip, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        imwrite(self.out / "samples" / file, strip, [cv2.IMWRITE_JPEG_QUALITY, 85])
         self.samples.append({"index": index, "stamp_ns": pair.rgb.payload.stamp_ns,
                              "file": f"samples/{file}", "detections": 0 if det is None
                              else len(det)})
@@ -499,6 +507,7 @@ class _Offline:
         self.last_frame = None
         if getattr(self, "video", None) is not None:
             self.video.release()
+            self._check_video()
         if getattr(self, "bag_writer", None) is not None:
             self.bag_writer.close()
         for handle in ("csv", "coco_images", "coco_anns"):
@@ -507,10 +516,30 @@ class _Offline:
         if hasattr(self, "coco_images"):
             self._write_coco()
 
+    def _check_video(self) -> None:
+        """OpenCV's video writer fails silently (a full disk): a fused.mp4 that does not hold
+        every frame is an error, not a short video."""
+        path = self.out / "fused.mp4"
+        if not self.video_frames:
+            return
+        capture = cv2.VideoCapture(str(path))
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        capture.release()
+        if frames != self.video_frames:
+            raise OutputWriteError(path, f"{frames} of {self.video_frames} frames reached the "
+                                   f"file ({why_not_written(path)})")
+
     def _write_coco(self) -> None:
-        """detections.json assembled from the streamed parts (constant memory)."""
+        """detections.json assembled from the streamed parts (constant memory), whole or not
+        at all (written beside it, then renamed)."""
+        final = self.out / "detections.json"
+        with writing(final):
+            self._write_coco_to(final.with_name(final.name + ".tmp"))
+            final.with_name(final.name + ".tmp").replace(final)
+
+    def _write_coco_to(self, path: Path) -> None:
         names = self.s.pipeline.class_names
-        with (self.out / "detections.json").open("w") as out:
+        with path.open("w") as out:
             out.write('{"info": ' + json.dumps({
                 "description": "tdfusion_ros replay_eval detections (COCO style; bbox x, y, w,"
                                " h in fused-image pixels; category_id = class index + 1)",
@@ -526,6 +555,46 @@ class _Offline:
                         first = False
                 out.write("]")
             out.write("}\n")
+
+
+class _NamedFile:
+    """A text file whose write errors name it (a full disk is found by whichever write fills
+    it, and Python's OSError from ``write`` names no file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with writing(path):
+            self.handle = path.open("w")
+
+    def write(self, text: str) -> None:
+        with writing(self.path):
+            self.handle.write(text)
+
+    def close(self) -> None:
+        with writing(self.path):
+            self.handle.close()
+
+
+class _NamedBagWriter:
+    """rosbags' Writer, its errors naming the bag folder."""
+
+    def __init__(self, path: Path, writer: Any) -> None:
+        self.path, self.writer = path, writer
+
+    def open(self) -> None:
+        with writing(self.path):
+            self.writer.open()
+
+    def add_connection(self, *args: Any, **kwargs: Any) -> Any:
+        return self.writer.add_connection(*args, **kwargs)
+
+    def write(self, *args: Any) -> None:
+        with writing(self.path):
+            self.writer.write(*args)
+
+    def close(self) -> None:
+        with writing(self.path):
+            self.writer.close()
 
 
 def _label_panel(image: np.ndarray, size: tuple[int, int], text: str) -> np.ndarray:

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tdfusion_ros.bags.replay.common import write_text_whole
+
 __all__ = ["bar_chart", "line_chart", "pair_strip", "render_html", "render_markdown",
            "write_report"]
 
@@ -596,10 +598,11 @@ def render_markdown(s: Mapping[str, Any]) -> str:
 
 
 def write_report(out_dir: str | Path, summary: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``summary.md`` into ``out_dir``; returns both paths."""
+    """Write ``report.html`` and ``summary.md`` into ``out_dir``, each whole or not at all
+    (``common.write_text_whole``); returns both paths."""
     out_dir = Path(out_dir)
     html_path = out_dir / REPORT_HTML
     md_path = out_dir / SUMMARY_MD
-    html_path.write_text(render_html(summary, out_dir), encoding="utf-8")
-    md_path.write_text(render_markdown(summary), encoding="utf-8")
+    write_text_whole(html_path, render_html(summary, out_dir))
+    write_text_whole(md_path, render_markdown(summary))
     return html_path, md_path

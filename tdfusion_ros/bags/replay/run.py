@@ -18,11 +18,13 @@ from tdfusion_ros.bags.replay.common import (
     EXIT_DAMAGED,
     EXIT_FAILED,
     EXIT_LIVE_DIFFERS,
+    OutputWriteError,
     ReplayOptions,
     ReplayResult,
     _jsonable,
     _machine,
     _peak_rss_mb,
+    write_text_whole,
 )
 from tdfusion_ros.bags.replay.inputs import _prepare_out, _setup
 from tdfusion_ros.bags.replay.live import run_live
@@ -37,12 +39,45 @@ def _cleanup_tmp(out: Path) -> None:
     shutil.rmtree(out / ".replay_tmp", ignore_errors=True)
 
 
+#: The report's files: written last, each whole, and removed again when the replay fails.
+REPORT_FILES = ("report.html", "summary.md", "summary.json")
+
+
 # --------------------------------------------------------------------------- entry point
 def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResult:
     """Run the offline replay (and the live one with ``opts.live``), write outputs and report.
 
-    Raises ReplayError (bad input, exit 2) or ReplayRunError (exit 1).
+    Raises ReplayError (bad input, exit 2) or ReplayRunError (exit 1). An output that cannot
+    be written (a full disk, a read-only folder) raises OutputWriteError naming its path; the
+    folder is then left without a report (``report.html``, ``summary.md``, ``summary.json``),
+    so an incomplete replay never looks like a finished one.
     """
+    try:
+        return _replay(opts, argv)
+    except OutputWriteError as err:
+        raise _without_report(Path(opts.out), err) from err
+
+
+def _without_report(out: Path, err: OutputWriteError) -> OutputWriteError:
+    """Remove what would make ``out`` look like a finished replay; the error, with what is
+    left."""
+    for name in REPORT_FILES:
+        for path in (out / name, out / f"{name}.tmp"):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+    _cleanup_tmp(out)
+    try:
+        left = any(p.name != "fusion_params.yaml" for p in out.iterdir())
+    except OSError:
+        left = False
+    tail = (f"; the outputs in {out} are incomplete and no report was written (fix that, "
+            "then run again with --overwrite)" if left else "; nothing was written")
+    return OutputWriteError(err.path, err.reason + tail, err.exit_code)
+
+
+def _replay(opts: ReplayOptions, argv: Sequence[str] | None) -> ReplayResult:
     from tdfusion_ros.bags.replay import report
 
     opts.out = Path(opts.out)
@@ -182,8 +217,9 @@ def replay(opts: ReplayOptions, argv: Sequence[str] | None = None) -> ReplayResu
         elif not summary["live"].get("comparison", {}).get("agree"):
             exit_code = EXIT_LIVE_DIFFERS
     summary = _jsonable(summary)
-    (opts.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     html_path, md_path = report.write_report(opts.out, summary)
+    # last: summary.json is what marks the folder as a finished replay (--compare-runs)
+    write_text_whole(opts.out / "summary.json", json.dumps(summary, indent=1) + "\n")
     if damage and exit_code == 0 and opts.fail_on_damage:
         exit_code = EXIT_DAMAGED
     return ReplayResult(opts.out, summary, html_path, md_path, exit_code)
