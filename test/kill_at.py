@@ -1,16 +1,16 @@
 """Run a trainer's ``main`` and SIGKILL the process at one chosen moment (the resume tests).
 
-    python test/kill_at.py MOMENT MODULE [ARGS ...]
+    python test/kill_at.py MOMENT MODULE[:FUNCTION] [ARGS ...]
 
-MODULE is imported (``training.train``) and ``MODULE.main(ARGS)`` run; at MOMENT the process
-sends itself SIGKILL, which nothing can catch or clean up after, exactly as ``kill -9``:
+MODULE is imported (``training.train``) and ``MODULE.main(ARGS)`` (or FUNCTION) run; at MOMENT
+the process sends itself SIGKILL, which nothing can catch or clean up after, as ``kill -9``:
 
 * ``write:NAME:N``: the Nth ``torch.save`` of the file NAME (``last.pt``), into NAME itself
   or into ``NAME.tmp``: half of its bytes are written and flushed to disk, then the kill;
 * ``rename:NAME:N``: the Nth ``os.replace`` of a file named NAME, fully written and not yet
   renamed;
-* ``call:ATTR:N``: when the Nth call of ``MODULE.ATTR`` returns (its effects are in memory,
-  nothing has been saved since);
+* ``call:ATTR:N``: when the Nth call of ``MODULE.ATTR`` (or of a dotted ``package.module.attr``)
+  returns (its effects are in memory, nothing has been saved since);
 * ``none``: no kill.
 
 Moments count from this process's start, so a resumed run counts afresh.
@@ -82,8 +82,10 @@ def install(moment: str, module: object) -> None:
             return real_replace(src, dst, *args, **kwargs)
 
         os.replace = replace
-    elif kind == "call":
-        real = getattr(module, name)
+    elif kind == "call":  # ATTR of MODULE, or a dotted module.attr
+        owner_name, _, attr = name.rpartition(".")
+        owner = importlib.import_module(owner_name) if owner_name else module
+        real = getattr(owner, attr)
 
         def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             result = real(*args, **kwargs)
@@ -91,16 +93,17 @@ def install(moment: str, module: object) -> None:
                 _die()
             return result
 
-        setattr(module, name, wrapped)
+        setattr(owner, attr, wrapped)
     else:
         raise SystemExit(f"unknown moment {moment!r}")
 
 
 def main() -> int:
-    moment, module_name, *args = sys.argv[1:]
+    moment, target, *args = sys.argv[1:]
+    module_name, _, function = target.partition(":")
     module = importlib.import_module(module_name)
     install(moment, module)
-    return module.main(args)
+    return getattr(module, function or "main")(args)
 
 
 if __name__ == "__main__":

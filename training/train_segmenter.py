@@ -11,7 +11,11 @@ fetch it). Trained with AdamW and a polynomial decay, on random flips and scale 
 training images at the input size. Class-balanced cross-entropy (weights from the training
 pixels' class frequencies, square-root damped and capped) because mIoU counts the rare MFNet
 classes (cone, bump, guardrail) as much as the road. Checkpoints every epoch (written to a
-temporary file, then renamed); re-running the same command resumes. The validation mIoU after
+temporary file, flushed to disk, then renamed: ``training.atomic``); re-running the same
+command resumes, with the weights an uninterrupted run would have had, bit for bit (the
+epoch's batch order and augmentation come from (seed, epoch); the checkpoint keeps torch's
+random state, which the decoder's dropout draws from). A run killed mid-epoch repeats that
+epoch. The validation mIoU after
 every epoch goes into the history (the curve that shows whether the budget was long enough).
 The result is the same ``task.pt`` record as ``training/train.py`` writes, which
 ``training/export.py --task`` exports.
@@ -39,6 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tdfusion_ros.metrics.segmentation import ConfusionMatrix  # noqa: E402
+from training.atomic import save_torch  # noqa: E402
 from training.datasets import IGNORE_INDEX  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402
@@ -143,6 +148,8 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         start_epoch, history = state["epoch"], state["history"]
+        if "torch_rng" in state:  # the dropout's stream, as it was (older checkpoints lack it)
+            torch.set_rng_state(state["torch_rng"])
         log(f"[seg] resumed at epoch {start_epoch}")
     started = time.time()
     for epoch in range(start_epoch, epochs):
@@ -175,11 +182,9 @@ def train_segmenter(data: FusedDataset, out: str | Path, *, epochs: int = 40, ba
         log(f"[seg] epoch {epoch + 1}/{epochs} loss {entry['loss']:.4f}"
             + (f" val mIoU {entry['val_mIoU']:.3f}" if "val_mIoU" in entry else "")
             + f" ({time.time() - started:.0f} s)")
-        tmp = last_path.with_name("last.pt.tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "epoch": epoch + 1,
-                    "history": history}, tmp)
-        tmp.replace(last_path)
+                    "history": history, "torch_rng": torch.get_rng_state()}, last_path)
     meta = {"trained_by": "training/train_segmenter.py", "data": str(data.root),
             "fused": data.info["request"].get("source"), "epochs": epochs, "batch": batch,
             "lr": lr, "seed": seed, "init": str(init) if init else None,
