@@ -5,8 +5,9 @@
 MODULE is imported (``training.train``) and ``MODULE.main(ARGS)`` (or FUNCTION) run; at MOMENT
 the process sends itself SIGKILL, which nothing can catch or clean up after, as ``kill -9``:
 
-* ``write:NAME:N``: the Nth ``torch.save`` of the file NAME (``last.pt``), into NAME itself
-  or into ``NAME.tmp``: half of its bytes are written and flushed to disk, then the kill;
+* ``write:NAME:N``: the Nth ``torch.save`` or ``Path.write_bytes`` of the file NAME
+  (``last.pt``), into NAME itself or into ``NAME.<suffix>`` (``last.pt.tmp``): half of its
+  bytes are written and flushed to disk, then the kill;
 * ``rename:NAME:N``: the Nth ``os.replace`` of a file named NAME, fully written and not yet
   renamed;
 * ``call:ATTR:N``: when the Nth call of ``MODULE.ATTR`` (or of a dotted ``package.module.attr``)
@@ -47,7 +48,7 @@ def install(moment: str, module: object) -> None:
 
     def due(target_name: str, tmp_too: bool = False) -> bool:
         nonlocal seen
-        if target_name != name and not (tmp_too and target_name == name + ".tmp"):
+        if target_name != name and not (tmp_too and target_name.startswith(name + ".")):
             return False
         seen += 1
         return seen == count
@@ -73,6 +74,18 @@ def install(moment: str, module: object) -> None:
             _die()
 
         torch.save = save
+        real_write_bytes = Path.write_bytes
+
+        def write_bytes(self, data):  # noqa: ANN001, ANN202 - ultralytics writes its last.pt so
+            if not due(self.name, tmp_too=True):
+                return real_write_bytes(self, data)
+            with open(self, "wb") as out:
+                out.write(bytes(data)[:len(data) // 2])
+                out.flush()
+                os.fsync(out.fileno())
+            _die()
+
+        Path.write_bytes = write_bytes
     elif kind == "rename":
         real_replace = os.replace
 

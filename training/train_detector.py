@@ -19,7 +19,18 @@ convolution is summed to one channel and its class head is left to train anew.
 
 Offline: ``YOLO_OFFLINE=1``, a private ``YOLO_CONFIG_DIR`` holding a local font (its dataset
 check otherwise fetches Arial.ttf), ``amp=False`` (the AMP check fetches a model), no plots.
-``--resume`` continues the ultralytics run from its ``last.pt``.
+Re-running the same command continues the ultralytics run from its ``last.pt`` (ultralytics'
+``resume=True``). Ultralytics (8.4) writes ``last.pt`` once per epoch, straight onto the file,
+and rewrites it in place when training ends; here its trainer is ``AtomicDetectionTrainer``,
+which writes both to a temporary file, flushes it to disk and renames it, so a run killed at
+any moment leaves a whole ``last.pt`` (or none yet). What ultralytics' resume gives back: the
+epoch after the last completed one (a killed epoch is lost), the EMA weights (stored in
+float16, and the live model restarts from them), the optimiser state (float16 except Adam's
+moments and step), best fitness and the run's arguments; not the random streams (the trainer
+seeds them afresh from ``seed``, so the augmentation after a resume differs). A resumed run is
+therefore a valid continuation, not the same run bit for bit. A ``last.pt`` of a finished run
+(ultralytics strips the optimiser from it) is not trained again: its weights become
+``task.pt``.
 
 Evaluation (``evaluate_detector``) is the deployed path's: the fused image resized to the input
 size and padded at the bottom/right (``DetectionTask.predict``), COCO mAP through pycocotools on
@@ -47,6 +58,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tdfusion_ros.metrics.detection import detection_metrics  # noqa: E402
+from training.atomic import atomic_write  # noqa: E402
 from training.datasets import read_yolo_boxes  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402
@@ -76,6 +88,50 @@ def _offline_ultralytics(threads: int) -> None:
     import ultralytics.utils.torch_utils as torch_utils
 
     torch_utils.NUM_THREADS = threads  # the trainer calls torch.set_num_threads with it
+
+
+def _atomic_trainer() -> type:
+    """Ultralytics' DetectionTrainer, its checkpoints written whole (see the module text)."""
+    import ultralytics.engine.trainer as engine
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    def replace_whole(tmp: Path, final: Path) -> None:
+        with open(tmp, "rb+") as f:  # on disk before it takes the checkpoint's name
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    class AtomicDetectionTrainer(DetectionTrainer):
+        def save_model(self):  # noqa: ANN202 - ultralytics' signature
+            final = {"last": self.last, "best": self.best}
+            tmps = {k: v.with_name(v.name + ".partial") for k, v in final.items()}
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
+            self.last, self.best = tmps["last"], tmps["best"]
+            try:
+                result = super().save_model()
+            finally:
+                self.last, self.best = final["last"], final["best"]
+            for key in ("best", "last"):
+                if tmps[key].exists():
+                    replace_whole(tmps[key], final[key])
+            return result
+
+        def final_eval(self):  # noqa: ANN202 - ultralytics' signature
+            strip = engine.strip_optimizer
+
+            def strip_whole(f, s="", updates=None):  # noqa: ANN001, ANN202
+                tmp = Path(f).with_name(Path(f).name + ".partial")
+                result = strip(f, s=str(tmp), updates=updates)
+                replace_whole(tmp, Path(s or f))
+                return result
+
+            engine.strip_optimizer = strip_whole
+            try:
+                return super().final_eval()
+            finally:
+                engine.strip_optimizer = strip
+
+    return AtomicDetectionTrainer
 
 
 def _is_task_checkpoint(path: Path) -> bool:
@@ -198,10 +254,17 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
                 close_mosaic=close_mosaic, verbose=False, **(hyperparameters or {}))
     started = time.time()
     started_from = out / "architecture.txt"  # what a resumed run was started as
+    trainer = _atomic_trainer()
     if last.is_file():
         architecture = started_from.read_text().strip() if started_from.is_file() \
             else architecture
-        YOLO(str(last)).train(resume=True)
+        yolo = YOLO(str(last))
+        ckpt = yolo.ckpt or {}
+        total = (ckpt.get("train_args") or {}).get("epochs", epochs)
+        if ckpt.get("optimizer") is not None and 0 <= ckpt.get("epoch", -1) < total - 1:
+            yolo.train(resume=True, trainer=trainer)
+        # else: the run's last epoch is in it (killed before task.pt was written, perhaps
+        # while ultralytics stripped the optimiser): its weights are the result
     else:
         out.mkdir(parents=True, exist_ok=True)
         if init is not None:
@@ -212,11 +275,14 @@ def train_detector(data: FusedDataset, out: str | Path, *, epochs: int = 30, img
         elif architecture == "yolov8n":
             start = DETECTOR_ARCHITECTURES[architecture]  # from scratch, built by the trainer
         else:  # the ImageNet backbone, as a model file (see _yolo_file)
+            torch.manual_seed(seed)  # the neck and head start from random weights: seeded
             model = detection_model(architecture, len(data.detection_classes))
             start = str(_yolo_file(model, out / "start.pt"))
-        started_from.write_text(architecture)
+        atomic_write(started_from, lambda f: f.write(architecture.encode()))
         # pretrained: the trainer copies the weights of a model file (False would drop them)
-        YOLO(start).train(pretrained=start.endswith(".pt"), **args)
+        YOLO(start).train(pretrained=start.endswith(".pt"), trainer=trainer, **args)
+    for stale in (run_dir / "weights").glob("*.partial"):  # a write a kill interrupted
+        stale.unlink()
     state = _ultralytics_weights(last)
     meta = {"trained_by": "training/train_detector.py", "data": str(data.root),
             "fused": data.info["request"].get("source"), "epochs": epochs, "imgsz": imgsz,
@@ -303,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                              batch=args.batch, seed=args.seed, threads=args.threads,
                              init=args.init, architecture=args.architecture)
     metrics = evaluate_detector(task_pt, data, threads=args.threads)
-    (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    text = json.dumps(metrics, indent=1).encode()  # whole or absent: it marks the run done
+    atomic_write(Path(args.out) / "metrics.json", lambda f: f.write(text))
     print(json.dumps({k: metrics[k] for k in ("mAP50", "mAP50-95", "AP50")}, indent=1))
     return 0
 

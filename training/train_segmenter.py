@@ -43,7 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tdfusion_ros.metrics.segmentation import ConfusionMatrix  # noqa: E402
-from training.atomic import save_torch  # noqa: E402
+from training.atomic import atomic_write, save_torch  # noqa: E402
 from training.datasets import IGNORE_INDEX  # noqa: E402
 from training.fused_dataset import FusedDataset  # noqa: E402
 from training.task_networks import (  # noqa: E402
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                               seed=args.seed, threads=args.threads, init=args.init,
                               architecture=args.architecture, pretrained=args.pretrained)
     metrics = evaluate_segmenter(task_pt, data, threads=args.threads)
-    (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    text = json.dumps(metrics, indent=1).encode()  # whole or absent: it marks the run done
+    atomic_write(Path(args.out) / "metrics.json", lambda f: f.write(text))
     print(json.dumps({k: metrics[k] for k in ("mIoU", "IoU")}, indent=1))
     return 0
 
