@@ -30,7 +30,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tdfusion_ros.bags.replay.common import FUSED_IMAGE_TOPIC, ReplayError, _jsonable
+from tdfusion_ros.bags.replay.common import (
+    FUSED_IMAGE_TOPIC,
+    ReplayError,
+    _jsonable,
+    imwrite,
+    write_text_whole,
+)
 from tdfusion_ros.bags.replay.labels import _box_iou
 from tdfusion_ros.bags.replay.report import _CSS, _esc, _md_table, _num
 
@@ -304,9 +310,10 @@ def compare_replays(folders: Sequence[Path], out: Path, names: Sequence[str] | N
                  "(boxes of both) per frame; segmentation, the share of pixels whose class "
                  "name differs. Sample frames are those with the largest disagreement."),
     })
-    (out / COMPARISON_JSON).write_text(json.dumps(result, indent=1) + "\n")
-    (out / COMPARISON_HTML).write_text(render_html(result, out), encoding="utf-8")
-    (out / COMPARISON_MD).write_text(render_markdown(result), encoding="utf-8")
+    # each whole (tmp, fsync, rename), the JSON last
+    write_text_whole(out / COMPARISON_HTML, render_html(result, out))
+    write_text_whole(out / COMPARISON_MD, render_markdown(result))
+    write_text_whole(out / COMPARISON_JSON, json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -354,7 +361,7 @@ def _render_sample(runs: Sequence[_Run], images: Sequence[dict[int, np.ndarray]]
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     file = f"{frame['frame']}.jpg"
-    cv2.imwrite(str(folder / file), np.concatenate(rows, axis=0), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    imwrite(folder / file, np.concatenate(rows, axis=0), [cv2.IMWRITE_JPEG_QUALITY, 85])
     return file
 
 
