@@ -84,6 +84,16 @@ def test_a_full_disk_names_the_file_and_leaves_no_report(
             if where:
                 assert f"{out / where}:" in line, line
             _assert_no_report(out)
+    # the video alone (OpenCV's writer does not say when it fails): 24 kB for 26 kB of video
+    with tmpfs(tmp_path / "video_disk", 24 * 1024) as disk:
+        out = disk / "out"
+        code, _, err = run_cli([det_bag, "--bundle", tiny_bundle, "--out", out, "--no-bag",
+                                "--no-masks", "--samples", "0", "--metrics-frames", "0"], capsys)
+        assert code == 1, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"error: cannot write {out / 'fused.mp4'}: "), line
+        assert "frames reached the file" in line and "the disk is full" in line, line
+        _assert_no_report(out)
 
 
 @contextmanager

@@ -78,6 +78,14 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def disk_nearly_full(path: str | Path) -> bool:
+    """Under 1 MiB free where ``path`` is (or would be)."""
+    try:
+        return shutil.disk_usage(_existing(Path(path).parent)).free < 1 << 20
+    except OSError:
+        return False
+
+
 def why_not_written(path: str | Path, err: BaseException | None = None) -> str:
     """What stopped a write, in words: the error's errno, else what the file system says."""
     code = getattr(err, "errno", None)
@@ -88,12 +96,9 @@ def why_not_written(path: str | Path, err: BaseException | None = None) -> str:
     if code in (errno.EACCES, errno.EPERM):
         return "permission denied: choose another --out"
     folder = _existing(Path(path).parent)
-    try:
-        if shutil.disk_usage(folder).free < 1 << 20:
-            return ("no space left on the device (the disk is full): free space, or choose "
-                    "another --out")
-    except OSError:
-        pass
+    if disk_nearly_full(path):
+        return ("no space left on the device (the disk is full): free space, or choose "
+                "another --out")
     if not os.access(folder, os.W_OK):
         return "the folder is not writable (read-only or no permission): choose another --out"
     if err is not None:
