@@ -251,7 +251,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise TrainingError(f"{path}: no checkpoint to resume from")
+        raise TrainingError(f"{path}: no checkpoint to resume from (a run stopped before its "
+                            "first checkpoint starts again with --config)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
