@@ -71,8 +71,8 @@ class Recipe:
     final_detector_input_size: list[int] | None = None  # its deployed (H, W); None: detector's
     final_segmenter_epochs: int = 0   # the shipped segmenter's budget (0: arm (d)'s as is)
     # then trained on from the final ones (or, with "from": "init", from detector_init /
-    # segmenter_init): detector {epochs, imgsz, lr0, close_mosaic, from}, segmenter {epochs,
-    # lr, from}; None: the final ones are shipped
+    # segmenter_init): detector {epochs, imgsz, lr0, close_mosaic, from, input_size: the
+    # deployed (H, W)}, segmenter {epochs, lr, from}; None: the final ones are shipped
     finetune_detector: dict[str, Any] | None = None
     finetune_segmenter: dict[str, Any] | None = None
     threads: int = 2
@@ -96,7 +96,10 @@ class Recipe:
         return self.root / f"{kind}_finetune" if self.finetune(kind) else self.final_dir(kind)
 
     def shipped_input_size(self, kind: str) -> list[int]:
-        """The (H, W) the shipped ``kind`` runs at: the detector's own when it is trained."""
+        """The (H, W) the shipped ``kind`` runs at: the fine-tune's, else the final stage's
+        when it is trained, else the arms'."""
+        if kind == "detector" and (self.finetune_detector or {}).get("input_size"):
+            return list(self.finetune_detector["input_size"])
         if kind == "detector" and self.final_detector_epochs and self.final_detector_input_size:
             return list(self.final_detector_input_size)
         return list(getattr(self, kind)["input_size"])
@@ -114,7 +117,8 @@ def load_recipe(path: str | Path | None) -> Recipe:
         raise ValueError(f"{path}: final_detector_input_size needs final_detector_epochs > 0 "
                          "(it sizes the detector_final stage's network)")
     for kind, needed, allowed in (("detector", {"epochs"}, {"epochs", "imgsz", "lr0",
-                                                            "close_mosaic", "from"}),
+                                                            "close_mosaic", "from",
+                                                            "input_size"}),
                                   ("segmenter", {"epochs"}, {"epochs", "lr", "from"})):
         settings = recipe.finetune(kind)
         if settings is None:
@@ -130,6 +134,14 @@ def load_recipe(path: str | Path | None) -> Recipe:
             raise ValueError(f"{path}: finetune_segmenter from 'init' needs "
                              "init_segmenter_epochs > 0 (the segmenter_init stage)")
     return recipe
+
+
+def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    """A stage's ``metrics.json``, whole or absent: its existence marks the stage done."""
+    from training.atomic import atomic_write
+
+    text = json.dumps(metrics, indent=1).encode()
+    atomic_write(out / "metrics.json", lambda f: f.write(text))
 
 
 def _log(message: str) -> None:
@@ -243,7 +255,7 @@ class Stages:
                                  architecture=d.get("architecture", "yolov8n"))
         metrics = evaluate_detector(task_pt, data, threads=self.r.threads)
         metrics.update(epochs=epochs or d["epochs"], input_size=list(input_size or d["input_size"]))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _write_metrics(out, metrics)
         _log(f"detector {out.name}: mAP50 {metrics['mAP50']:.3f}, "
              f"mAP50-95 {metrics['mAP50-95']:.3f}")
 
@@ -261,7 +273,7 @@ class Stages:
                                   architecture=s.get("architecture", "segformer_b0"))
         metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         metrics.update(epochs=epochs or s["epochs"], input_size=list(s["input_size"]))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _write_metrics(out, metrics)
         _log(f"segmenter {out.name}: mIoU {metrics['mIoU']:.3f}")
 
     def _segmenter_init(self) -> None:
@@ -331,7 +343,7 @@ class Stages:
             metrics = evaluate_segmenter(task_pt, data, threads=self.r.threads)
         metrics.update(epochs=settings["epochs"], input_size=list(size), finetune=settings,
                        init=start.name)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        _write_metrics(out, metrics)
         _log(f"{kind} fine-tuned: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
                                                  ("mAP50", "mAP50-95", "mIoU") if k in metrics))
 
