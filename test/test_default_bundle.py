@@ -57,7 +57,7 @@ def test_default_bundle_holds_the_three_graphs() -> None:
     assert set(bundle.graphs) == {"fusion", "detector", "segmenter"}
     assert bundle.graph("detector").class_names == ["person", "bicycle", "car"]
     assert bundle.graph("segmenter").class_names == MFNET
-    assert bundle.graph("detector").input_hw == (384, 512)  # final_detector_input_size
+    assert bundle.graph("detector").input_hw == (384, 512)  # the shipped YOLOv8n's (ship_detector)
     assert bundle.graph("segmenter").input_hw == (256, 320)
     post = bundle.graph("detector").meta["postprocess"]
     assert 0 < post["conf_threshold"] < 1 and 0 < post["iou_threshold"] < 1
@@ -69,17 +69,17 @@ def test_graphs_match_their_pytorch_sources(shared_data: Path) -> None:
     from tdfusion_ros.nets.checkpoints import load_network
     from training.export import check_fusion_onnx, real_pairs
     from training.onnx_task_export import check_detector_onnx, check_segmenter_onnx
-    from training.task_networks import DetectionTask, SegmentationTask
+    from training.task_networks import task_from_checkpoint
 
     fusion = load_network(SOURCES / "fusion.pt")
     pairs = real_pairs(shared_data, ("00055D", "00008N"))
     assert check_fusion_onnx(fusion, BUNDLE / "fusion.onnx", pairs)["max_abs_diff"] < 1e-4
     images = [np.clip(0.5 * ir + 0.5 * vis, 0, 1) for _, ir, vis in pairs]
     tasks = {}
-    for name, kind in (("detector", DetectionTask), ("segmenter", SegmentationTask)):
+    for name, architecture in (("detector", "yolov8n"), ("segmenter", "lite0_mlp")):
         record = torch.load(SOURCES / f"{name}.pt", map_location="cpu", weights_only=True)
-        tasks[name] = kind(len(record["classes"]), tuple(record["input_size"]))
-        tasks[name].model.load_state_dict(record["state_dict"])
+        assert record.get("architecture", "yolov8n") == architecture  # the shipped networks
+        tasks[name] = task_from_checkpoint(record)
     # each raises above its tolerance
     check_detector_onnx(tasks["detector"].model.eval(), BUNDLE / "detector.onnx", images,
                         letterbox_center=False)
