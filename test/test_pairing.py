@@ -21,7 +21,9 @@ from tdfusion_ros.runtime.pairing import (
     Pairer,
     PairingConfig,
     Stream,
+    pair_drops_after_take,
     seconds_to_ns,
+    unaccounted,
 )
 
 MS = 1_000_000
@@ -72,6 +74,7 @@ def accounted(stats: dict) -> None:
     for name, s in stats["streams"].items():
         total = s["paired"] + s["processed_alone"] + s["pending"] + sum(s["dropped"].values())
         assert total == s["received"], (name, s)
+    assert unaccounted(stats) == {"thermal": 0, "rgb": 0, "pairs": 0}, stats
 
 
 def every(**kwargs) -> Pairer:
@@ -321,6 +324,34 @@ def test_random_faults_keep_every_message_accounted_for() -> None:
     diff = stats["stamp_diff"]
     assert sum(diff["histogram"]["counts"]) == diff["count"] == stats["pairs"]["formed"]
     assert all(abs(v) <= 8 * MS for v in (diff["min_ns"], diff["max_ns"]))
+
+
+def test_books_balance_through_every_fate() -> None:
+    """unaccounted() stays 0 while pairs are formed, taken, superseded, rate-limited, discarded
+    at a reset, dropped by the caller, and single images are taken for the fallback."""
+    rng = random.Random(3)
+    pairer = Pairer(PairingConfig(slop_ns=10 * MS, queue_size=4, max_rate_hz=20.0))
+    stamp = 0
+    for _ in range(2000):
+        stamp += 33 * MS
+        if rng.random() < 0.9:
+            pairer.push(T, stamp + rng.randint(-3, 3) * MS, None)
+        if rng.random() < 0.9:
+            pairer.push(R, stamp, None)
+        if rng.random() < 0.05:
+            pairer.record_drop(rng.choice((T, R)), "bad_encoding")
+        if rng.random() < 0.4 and pairer.take() is not None and rng.random() < 0.1:
+            pairer.record_pair_drop("size_mismatch")
+        if rng.random() < 0.03:
+            pairer.take_unpaired(rng.choice((T, R)))
+        if rng.random() < 0.03:
+            pairer.reset()
+        accounted(pairer.stats())
+    stats = pairer.stats()
+    for cause in (SUPERSEDED_BY_NEWER_PAIR, RATE_LIMITED, "pair_discarded_at_reset"):
+        assert stats["pairs"].get(cause), (cause, stats["pairs"])
+    assert pair_drops_after_take(stats) == {"size_mismatch": stats["pairs"]["size_mismatch"]}
+    assert stats["streams"]["rgb"]["processed_alone"] and stats["pairs"]["taken"] > 100
 
 
 def test_concurrent_push_and_take_stay_consistent() -> None:

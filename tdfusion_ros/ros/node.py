@@ -76,7 +76,9 @@ from tdfusion_ros.runtime.pairing import (
     DUPLICATE_STAMP,
     STAMP_WENT_BACKWARDS,
     Stream,
+    pair_drops_after_take,
     seconds_to_ns,
+    unaccounted,
 )
 from tdfusion_ros.runtime.pipeline import (
     FUSION,
@@ -118,6 +120,9 @@ SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 
 PROCESSING_ERROR = "processing_error"
+# Why a taken pair or single image was not published (beside the pipeline's input errors).
+PUBLISH_FAILED = "publish_failed"
+DISCARDED_AT_STOP = "discarded_at_stop"
 RATE_WINDOW_S = 2.0
 NO_INPUT = "no_input"
 # Modes worth a log line when entered (waiting_for_* and paused are transient or asked for).
@@ -163,8 +168,13 @@ class FusionNode(_BaseNode):
         self._last_valid = {s: self._clock_s() for s in Stream}
         self._arrivals = {s: 0 for s in Stream}
         self._run_length = {s: 0 for s in Stream}  # valid messages since the other's last
-        self._ignored_paused = 0
+        self._ignored_paused = {s: 0 for s in Stream}
         self._outputs = 0
+        # What the worker did with what it took, read with the pairer's counters under one
+        # lock so /diagnostics always shows balanced books (see ``_accounts``).
+        self._accounts_lock = threading.Lock()
+        self._published = {FUSION: 0, RGB_ONLY: 0, THERMAL_ONLY: 0}
+        self._in_progress = 0
         self._frame_errors: dict[str, int] = {}
         self._mode = "inactive"
         self._logged_mode = ""
@@ -491,7 +501,7 @@ class FusionNode(_BaseNode):
             return
         self._arrivals[stream] += 1
         if not self._processing:
-            self._ignored_paused += 1
+            self._ignored_paused[stream] += 1
             return
         start = time.perf_counter()
         try:
@@ -636,10 +646,26 @@ class FusionNode(_BaseNode):
             self._wake.wait(timeout=0.05)
             self._wake.clear()
             while not self._stop.is_set() and self._active and self._processing:
-                job = self._next_job()
+                with self._accounts_lock:  # taken and in progress change together
+                    job = self._next_job()
+                    self._in_progress = int(job is not None)
                 if job is None:
                     break
-                self._process(*job)
+                outcome = PROCESSING_ERROR  # if _process raises past its own handlers
+                try:
+                    outcome = self._process(*job)
+                finally:
+                    self._finish(job[0], outcome)
+
+    def _finish(self, kind: str, outcome: str) -> None:
+        """Book the job's fate: published (by kind) or dropped by cause; no longer in progress."""
+        with self._accounts_lock:
+            if outcome == "published":
+                self._published[kind] = self._published.get(kind, 0) + 1
+                self._outputs += 1
+            else:
+                self._count_frame_error(kind, outcome)
+            self._in_progress = 0
 
     def _next_job(self) -> tuple[str, Frame | None, Frame | None] | None:
         source = self._source
@@ -657,10 +683,11 @@ class FusionNode(_BaseNode):
             return None if frame is None else (THERMAL_ONLY, frame, None)
         return None
 
-    def _process(self, kind: str, thermal: Frame | None, rgb: Frame | None) -> None:
+    def _process(self, kind: str, thermal: Frame | None, rgb: Frame | None) -> str:
+        """Run and publish one job; returns ``"published"`` or the cause it was dropped for."""
         pipeline = self._pipeline
         if pipeline is None:
-            return
+            return DISCARDED_AT_STOP
         try:
             if kind == FUSION:
                 result = pipeline.process(thermal.image, rgb.image)
@@ -669,14 +696,12 @@ class FusionNode(_BaseNode):
             else:
                 result = pipeline.process_thermal(thermal.image)
         except PipelineInputError as err:
-            self._count_frame_error(kind, err.reason)
             self._warn(f"frame:{err.reason}", f"dropped a {kind} frame ({err.reason}): {err}")
-            return
+            return err.reason
         except Exception as err:  # noqa: BLE001 - one bad frame must not end the node
-            self._count_frame_error(kind, PROCESSING_ERROR)
             self._warn(f"frame:{PROCESSING_ERROR}:{type(err).__name__}",
                        f"processing a {kind} frame failed: {err}\n{traceback.format_exc()}")
-            return
+            return PROCESSING_ERROR
         if rgb is not None:
             stamp_ns, frame_id = rgb.stamp_ns, rgb.frame_id
             self._last_rgb_frame_id = frame_id
@@ -685,21 +710,22 @@ class FusionNode(_BaseNode):
                 self._values["sync.thermal_offset"]))
             frame_id = self._last_rgb_frame_id or thermal.frame_id
         if self._stop.is_set():
-            return
+            return DISCARDED_AT_STOP
         publish_start = time.perf_counter()
         try:
             self._publish(result, stamp_ns, frame_id)
         except Exception as err:  # noqa: BLE001 - e.g. the context shut down under us
             if not self._stop.is_set() and rclpy.ok():
                 self._warn("publish", f"publishing failed: {err}")
-            return
+            return PUBLISH_FAILED
         publish_ms = (time.perf_counter() - publish_start) * 1000.0
-        self._outputs += 1
         self._record(result, thermal, rgb, publish_ms, stamp_ns)
+        return "published"
 
     def _count_frame_error(self, kind: str, reason: str) -> None:
-        if kind == FUSION and self._source is not None:
-            self._source.record_pair_drop(reason)
+        source = self._source
+        if kind == FUSION and source is not None:
+            source.record_pair_drop(reason)
         else:
             with self._lock:
                 self._frame_errors[reason] = self._frame_errors.get(reason, 0) + 1
@@ -771,10 +797,49 @@ class FusionNode(_BaseNode):
         if now - then > 0:
             self._rates = {k: (counters[k] - before.get(k, 0)) / (now - then) for k in counters}
 
+    def _accounts(self, source: BuiltinSource | MessageFiltersSource | None
+                  ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+        """The pairer's counters and the worker's, read in one consistent snapshot.
+
+        Why: a test or a soak run checks that every message that arrived is explained:
+        ``<stream>.arrived`` = ignored while paused + received, and received = paired +
+        processed alone + pending + dropped by cause; pairs formed = taken + pending + dropped
+        before the take; taken + processed alone = published + dropped after the take + in
+        progress. ``unaccounted.*`` is what is left (0 when the books balance; builtin pairing
+        only: message_filters keeps its own queues out of sight)."""
+        with self._accounts_lock:
+            stats = source.stats() if source is not None else {}
+            published = dict(self._published)
+            in_progress = self._in_progress
+            with self._lock:
+                frame_errors = dict(self._frame_errors)
+        keys: list[tuple[str, Any]] = []
+        for stream in Stream:
+            keys.append((f"{stream.value}.arrived", self._arrivals[stream]))
+            keys.append((f"{stream.value}.ignored_while_paused", self._ignored_paused[stream]))
+        pairs = stats.get("pairs", {})
+        for key in ("formed", "taken", "pending"):
+            keys.append((f"pairs.{key}", int(pairs.get(key, 0))))
+        for kind, count in published.items():
+            keys.append((f"published.{kind}", count))
+        keys.append(("in_progress", in_progress))
+        if isinstance(source, BuiltinSource):
+            books = unaccounted(stats)
+            for stream in Stream:
+                counts = stats["streams"][stream.value]
+                books[stream.value] += (self._arrivals[stream] - self._ignored_paused[stream]
+                                        - int(counts["received"]))
+            alone = sum(int(c["processed_alone"]) for c in stats["streams"].values())
+            books["frames"] = (int(pairs.get("taken", 0)) + alone - sum(published.values())
+                               - sum(pair_drops_after_take(stats).values())
+                               - sum(frame_errors.values()) - in_progress)
+            keys += [(f"unaccounted.{name}", count) for name, count in books.items()]
+        return {"stats": stats, "frame_errors": frame_errors}, keys
+
     def diagnostics(self) -> DiagnosticArray:
         """The /diagnostics message: inputs, processing and state, as three statuses."""
-        source = self._source
-        stats = source.stats() if source is not None else {}
+        snapshot, accounts = self._accounts(self._source)
+        stats = snapshot["stats"]
         self._update_rates(self._counters(stats))
         mode = self._update_mode()
         name = self.get_fully_qualified_name()
@@ -792,18 +857,21 @@ class FusionNode(_BaseNode):
         for reason, count in stats.get("pairs", {}).items():
             if reason not in ("formed", "admitted", "taken", "pending"):
                 inputs.append((f"drops.pair.{reason}", count))
-        with self._lock:
-            frame_errors = dict(self._frame_errors)
-        for reason, count in frame_errors.items():
+        for reason, count in snapshot["frame_errors"].items():
             inputs.append((f"drops.single.{reason}", count))
-        inputs.append(("ignored_while_paused", self._ignored_paused))
+        inputs.append(("ignored_while_paused", sum(self._ignored_paused.values())))
+        inputs += accounts
         diff = stats.get("stamp_diff") or {}
         for q in ("p50", "p99"):
             if diff.get(f"{q}_ns") is not None:
                 inputs.append((f"stamp_diff.{q}_ms", f"{diff[f'{q}_ns'] / 1e6:.3f}"))
         drops = sum(int(v) for k, v in inputs if k.startswith("drops."))
-        inputs_level = DiagnosticStatus.OK
+        # builtin pairing only: a non-zero count means a fate the node does not count (a bug)
+        lost = sum(abs(int(v)) for k, v in inputs if k.startswith("unaccounted."))
+        inputs_level = DiagnosticStatus.WARN if lost else DiagnosticStatus.OK
         inputs_text = f"{self._rates.get('pairs', 0.0):.1f} pairs/s, {drops} dropped in total"
+        if lost:
+            inputs_text += f", {lost} unaccounted (a counting bug: please report)"
         array.status.append(self._status(f"{name}: inputs", inputs_level, inputs_text, inputs))
 
         processing: list[tuple[str, Any]] = []

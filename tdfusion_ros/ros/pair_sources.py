@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tdfusion_ros.runtime.pairing import (
+    PAIR_DISCARDED_AT_RESET,
     STAMP_WENT_BACKWARDS,
     SUPERSEDED_BY_NEWER_PAIR,
     Pairer,
@@ -155,6 +156,8 @@ class MessageFiltersSource:
 
     def reset(self, cause: str) -> None:
         with self._lock:
+            if self._pending is not None:  # counted like the builtin core's
+                self._count_pair(PAIR_DISCARDED_AT_RESET)
             self._pending = None
             self._single = {s: None for s in Stream}
             self._last_pair_ns = None
