@@ -120,6 +120,30 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def start_node(bundle: Path, config: Path, domain: int, log: Path) -> subprocess.Popen:
+    """``fusion_node`` as the launch file starts it, on ONNX Runtime, in its own domain; this
+    process joins the same domain and transport (call before ``rclpy.init``)."""
+    spec = node_params.launch_spec({"config": str(config), "bundle": str(bundle),
+                                    "backend": "onnxruntime"})
+    env = {**os.environ, **spec.env, "ROS_DOMAIN_ID": str(domain),
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    os.environ.update(spec.env)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    handle = log.open("w")
+    return subprocess.Popen(spec.command([sys.executable, "-m", "tdfusion_ros.node"]),
+                            env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def stop_node(node_proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    """SIGINT, as Ctrl-C; SIGKILL after ``timeout`` (exit code -9)."""
+    node_proc.send_signal(signal.SIGINT)
+    try:
+        return node_proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        node_proc.kill()
+        return -9
+
+
 def node_run(bundle: Path, config: Path, size: tuple[int, int], pairs: list, rate: float,
              warmup: float, duration: float, domain: int, log: Path) -> dict[str, Any]:
     import rclpy
@@ -130,15 +154,7 @@ def node_run(bundle: Path, config: Path, size: tuple[int, int], pairs: list, rat
 
     from tdfusion_ros.ros.ros_image import array_to_image, stamp_to_ns
 
-    spec = node_params.launch_spec({"config": str(config), "bundle": str(bundle),
-                                    "backend": "onnxruntime"})
-    env = {**os.environ, **spec.env, "ROS_DOMAIN_ID": str(domain),
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    os.environ.update(spec.env)
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
-    handle = log.open("w")
-    node_proc = subprocess.Popen(spec.command([sys.executable, "-m", "tdfusion_ros.node"]),
-                                 env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    node_proc = start_node(bundle, config, domain, log)
     rclpy.init()
     node = rclpy.create_node("bench_node_driver")
     lock = threading.Lock()
@@ -215,12 +231,7 @@ def node_run(bundle: Path, config: Path, size: tuple[int, int], pairs: list, rat
     except Exception as err:  # noqa: BLE001 - measurements are taken; report and go on
         print(f"driver shutdown: {err!r}", file=sys.stderr)
     rclpy.try_shutdown()
-    node_proc.send_signal(signal.SIGINT)
-    try:
-        exit_code = node_proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        node_proc.kill()
-        exit_code = -9
+    exit_code = stop_node(node_proc)
     latency = [(now - stamp) / 1e6 for now, stamp in window]
     processing = diag.get("processing", {})
     inputs = diag.get("inputs", {})
