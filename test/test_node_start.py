@@ -66,6 +66,9 @@ SIGINT_DELAYS = [0.0, 0.001, 0.005, 0.02, 0.05, 0.1, 0.15, 0.25, 0.4, 0.8] * 2
 # the feeder is restarted: the test stays on its subject, Ctrl-C. More restarts than this would
 # be a problem of its own.
 FEEDER_RESTARTS_ALLOWED = 2
+# How long a node that receives the feeder's images may take for its first fused frame (the
+# default bundle's sessions are built on the first frame; on a loaded 2-core machine, slowly).
+SLOW_FIRST_FRAME_S = 180.0
 
 
 def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> None:
@@ -79,9 +82,21 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
     def fused_frames() -> int:
         return feeders[-1][1].read_text().count("fused ")
 
+    def node_receives(since: int) -> bool:
+        """The node's /diagnostics (as the feeder prints them) show our images arriving."""
+        text = feeders[-1][1].read_text()[since:]
+        return any(int(line.split()[2]) > 0 for line in text.splitlines()
+                   if line.startswith("diag arrived "))
+
     def wait_for_fused_frame(before: int, timeout: float, node: subprocess.Popen) -> bool:
-        deadline = time.monotonic() + timeout
-        while fused_frames() <= before and time.monotonic() < deadline and node.poll() is None:
+        """A fused frame within ``timeout``; longer (SLOW_FIRST_FRAME_S) while the node reports
+        that it receives our images: a loaded machine is slow, not stalled."""
+        start = time.monotonic()
+        since = len(feeders[-1][1].read_text())
+        while fused_frames() <= before and node.poll() is None:
+            waited = time.monotonic() - start
+            if waited > SLOW_FIRST_FRAME_S or (waited > timeout and not node_receives(since)):
+                break
             time.sleep(0.02)
         return fused_frames() > before
 
@@ -107,7 +122,7 @@ def test_double_sigint_always_exits_zero_without_traceback(tmp_path: Path) -> No
                     start_feeder()
                     wait_for_fused_frame(0, 90, node)
                 if fused_frames() == 0 or node.poll() is not None:
-                    failures.append(f"run {run}: no fused frame within 120 s\n"
+                    failures.append(f"run {run}: no fused frame\n"
                                     f"{log.read_text()[-2000:]}")
                 time.sleep(0.037 * (run % 6))
                 node.send_signal(signal.SIGINT)
@@ -233,9 +248,20 @@ def test_silence_is_judged_on_the_node_clock(tmp_path: Path, fusion_only_bundle:
     log = node_log.read_text()
     assert driver.returncode == 0, driver.stdout + driver.stderr + log
     record = json.loads(driver.stdout.strip().splitlines()[-1])
+    books = [d["books"] for d in record["diagnostics"] if "books" in d]
+    # every /diagnostics explains every message the node received (a consistent snapshot)
+    assert books and all(not any(v for k, v in b.items() if k.startswith("unaccounted."))
+                         for b in books), books[-1]
     steady = [o for o in record["outputs"] if o["phase"] == "both"]
-    assert len(steady) >= 3, (record, log)
+    assert len(steady) >= 3, (record, log)  # the driver played on until the node had fused 3
     assert not [o for o in steady if o["equals_rgb"]], "fell back while both cameras sent"
+    both = [d["books"] for d in record["diagnostics"] if d["phase"] == "both" and "books" in d]
+    # while both cameras send, only RGB frames without a thermal partner (RGB 10 Hz, thermal
+    # 5 Hz) and pairs replaced while inference was busy are dropped
+    causes = {k for k, v in both[-1].items() if k.startswith("drops.") and v}
+    assert causes <= {"drops.rgb.no_partner_within_slop",
+                      "drops.pair.superseded_by_newer_pair"}, both[-1]
+    assert both[-1].get("published.rgb_only", 0) == 0, both[-1]
     modes = {d["mode"] for d in record["diagnostics"] if d["phase"] == "both"}
     assert not modes & {"rgb_only", "thermal_only", "no_input"}, (modes, log)
     stopped = [d["mode"] for d in record["diagnostics"] if d["phase"] == "thermal_stopped"]
@@ -248,6 +274,7 @@ def simclock_main(argv: list[str]) -> int:
     """Play /clock at SIM_SPEED with an RGB camera at 10 Hz and a thermal one at 5 Hz (sim
     time), then stop the thermal camera; print what the node published as one JSON line."""
     import json
+    from typing import Any
 
     import numpy as np
     import rclpy
@@ -275,10 +302,26 @@ def simclock_main(argv: list[str]) -> int:
                                   "equals_rgb": bool(np.array_equal(pixels, vi))})
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
+        entry: dict = {"phase": phase[0]}
         for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
             if status.name.endswith(": state"):
-                values = {kv.key: kv.value for kv in status.values}
-                record["diagnostics"].append({"phase": phase[0], "mode": values.get("mode")})
+                entry["mode"] = values.get("mode")
+            if status.name.endswith(": inputs"):
+                entry["books"] = {k: int(v) for k, v in values.items()
+                                  if v.lstrip("-").isdigit()}
+        record["diagnostics"].append(entry)
+
+    def books() -> dict:
+        return record["diagnostics"][-1].get("books", {}) if record["diagnostics"] else {}
+
+    def tick_until(done: Any, thermal_on: bool, most: int = 400) -> None:
+        """More ticks until the node has shown ``done()`` (it is slower when the machine is
+        loaded; sim time is what the node judges by, so waiting changes nothing for it)."""
+        for _ in range(most):
+            if done():
+                return
+            tick(1, thermal_on)
 
     node.create_subscription(Image, "/fused/image", on_fused, 10)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
@@ -309,9 +352,13 @@ def simclock_main(argv: list[str]) -> int:
         tick(1, thermal_on=False)
     tick(10, thermal_on=True)  # discovery of our subscriptions by the node
     phase[0] = "both"
+    fused_before = books().get("published.fusion", 0)
     tick(40, thermal_on=True)  # 1 s of sim time, 4 s of wall time
+    tick_until(lambda: books().get("published.fusion", 0) >= fused_before + 3, True)
     phase[0] = "thermal_stopped"
     tick(32, thermal_on=False)
+    tick_until(lambda: books().get("published.rgb_only", 0) >= 1
+               and books().get("in_progress") == 0, False)
     print(json.dumps(record), flush=True)
     node.destroy_node()
     rclpy.try_shutdown()
@@ -320,9 +367,10 @@ def simclock_main(argv: list[str]) -> int:
 
 # ============================================================================ the feeder
 def feeder_main(argv: list[str]) -> int:
-    """Publish thermal + RGB pairs of FEED_SIZE at 5 Hz until killed."""
+    """Publish thermal + RGB pairs of FEED_SIZE at 5 Hz until killed; print what comes back."""
     import numpy as np
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
@@ -338,7 +386,15 @@ def feeder_main(argv: list[str]) -> int:
         fused[0] += 1
         print(f"fused {fused[0]}", flush=True)
 
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "thermal.arrived" in values:
+                print(f"diag arrived {values['thermal.arrived']} {values['rgb.arrived']} "
+                      f"published {values.get('published.fusion')}", flush=True)
+
     node.create_subscription(Image, "/fused/image", on_fused, 5)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 5)
     rng = np.random.default_rng(0)
     w, h = FEED_SIZE
     ir = rng.integers(0, 256, (h, w), dtype=np.uint8)

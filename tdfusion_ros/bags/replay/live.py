@@ -148,6 +148,31 @@ def _node_counters(msg: Any) -> dict[str, str]:
     return counters
 
 
+def _node_value(msg: Any, key: str) -> str | None:
+    """One value of the node's /diagnostics message (any status), or None."""
+    if msg is None:
+        return None
+    for status in msg.status:
+        for kv in status.values:
+            if kv.key == key:
+                return kv.value
+    return None
+
+
+def _node_idle(msg: Any) -> bool:
+    """The node reports nothing in progress and no pair waiting (older nodes: assume idle)."""
+    busy = [_node_value(msg, k) for k in ("in_progress", "pairs.pending")]
+    return all(v in (None, "0") for v in busy)
+
+
+def _node_frame_ms(msg: Any) -> float:
+    """The node's own p99 time per frame, from its /diagnostics (0 if none yet)."""
+    try:
+        return float(_node_value(msg, "latency.total.p99_ms") or 0.0)
+    except ValueError:
+        return 0.0
+
+
 def run_live(opts: ReplayOptions, setup: _Setup, offline: Mapping[str, Any]) -> dict[str, Any]:
     """Play the bag into the node over DDS with /clock, record its outputs, compare them."""
     live_dir = opts.out / "live"
@@ -409,27 +434,32 @@ def _play(opts: ReplayOptions, setup: _Setup, node: Any, recorder: _LiveRecorder
                     sent.popitem(last=False)
             played += 1
     # drain: the clock stays at the end of the bag (no camera timeout), wait for quiet
-    # (the node may still be working on its last pair: allow a few of the offline run's
-    # slowest frames after the later of the end of playback and its last output)
-    timing = result.get("expected_ms") or 0.0
-    quiet = max(3.0, 4.0 * timing / 1000.0)
+    # (the node may still be working on its last pair: allow a few of its slowest frames, as
+    # it reports them or as the offline run saw them, after the later of the end of playback
+    # and its last output), then ask for one more /diagnostics; until it shows the node idle
+    # (nothing in progress, no pair pending), wait again: a loaded machine is slow, not done.
     played_until = time.monotonic()
     end = played_until + max(30.0, opts.live_timeout)
-    while time.monotonic() < end:
-        if node_proc.poll() is not None:
-            break
-        if time.monotonic() - max(recorder.last_output, played_until) > quiet:
-            break
-        clock.publish(_clock_msg(now_bag))
-        time.sleep(0.1)
-    # one more /diagnostics (its timer runs on the simulated clock): step the clock past it
-    seen = diagnostics[1]
     period_ns = node_params.seconds_to_ns(setup.values["diagnostics.period"])
-    deadline = time.monotonic() + 3.0
-    while diagnostics[1] == seen and time.monotonic() < deadline and node_proc.poll() is None:
-        now_bag += period_ns // 4 + 1
-        clock.publish(_clock_msg(now_bag))
-        time.sleep(0.05)
+    while True:
+        quiet = max(3.0, 4.0 * max(result.get("expected_ms") or 0.0,
+                                   _node_frame_ms(diagnostics[0])) / 1000.0)
+        while time.monotonic() < end and node_proc.poll() is None:
+            if time.monotonic() - max(recorder.last_output, played_until) > quiet:
+                break
+            clock.publish(_clock_msg(now_bag))
+            time.sleep(0.1)
+        # one more /diagnostics (its timer runs on the simulated clock): step the clock past it
+        seen = diagnostics[1]
+        deadline = time.monotonic() + 3.0
+        while (diagnostics[1] == seen and time.monotonic() < deadline
+               and node_proc.poll() is None):
+            now_bag += period_ns // 4 + 1
+            clock.publish(_clock_msg(now_bag))
+            time.sleep(0.05)
+        if _node_idle(diagnostics[0]) or time.monotonic() >= end or node_proc.poll() is not None:
+            break
+        time.sleep(0.5)  # still busy: give it time before asking again
     latency = [(recorder.receive_wall[s] - w) * 1000.0 for s, w in sent.items()
                if s in recorder.receive_wall]
     return played, latency
