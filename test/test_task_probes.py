@@ -20,7 +20,7 @@ from tdfusion_ros.metrics.detection import detection_metrics
 from tdfusion_ros.metrics.segmentation import ConfusionMatrix
 from training.fused_dataset import FusedDataset, write_fused_dataset
 from training.paired_bootstrap import DetectionMatches, SegmentationConfusions, paired_bootstrap
-from training.task_driven import last_quarter_gain
+from training.task_driven_arms import last_quarter_gain
 from training.task_driven_report import verdict
 from training.task_networks import (
     DetectionTask,

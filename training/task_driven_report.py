@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from training.paired_bootstrap import DetectionMatches, SegmentationConfusions, paired_bootstrap
+from training.task_driven_arms import ARMS, METRIC, NETWORK, TASK_ARMS, last_quarter_gain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,8 +58,6 @@ def _t_interval(diffs: list[float]) -> tuple[float, float, float]:
 
 
 def collect(stages: Any) -> dict[str, Any]:
-    from training.task_driven import ARMS, METRIC, NETWORK, TASK_ARMS, last_quarter_gain
-
     r = stages.r
     out: dict[str, Any] = {"preregistration": {
         "file": "results/task_driven/preregistration.md",
@@ -228,8 +227,6 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("")
     fm = res.get("fusion_metrics")
     if fm:
-        from training.task_driven import ARMS
-
         lines += ["## Fusion quality (Table 1 metrics, validation pairs at 640x480)", "",
                   "| arm | EN | SF | SCD | VIF | Qabf | SSIM |", "|---|---|---|---|---|---|---|"]
         for arm, m in fm["arms"].items():
