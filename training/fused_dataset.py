@@ -92,6 +92,15 @@ def _fuser(source: str, threads: int, work: Path):
     return fuse
 
 
+def _same_request(done: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """The same data fused by the same F: a checkpoint is known by its sha256, not its path
+    (a copy of F elsewhere has fused this set already)."""
+    if "sha256" in wanted:
+        done = {k: v for k, v in done.items() if k != "source"}
+        wanted = {k: v for k, v in wanted.items() if k != "source"}
+    return done == wanted
+
+
 def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | None = None,
                         val_names: Sequence[str] | None = None, scenes_count: int = 0,
                         scenes_size: tuple[int, int] = (480, 640), scenes_seed: int = 1000,
@@ -108,7 +117,7 @@ def write_fused_dataset(out: str | Path, source: str, *, roots: Sequence[str] | 
                "scenes_seed": scenes_seed}
     if (out / "fused.json").is_file():
         done = json.loads((out / "fused.json").read_text())
-        if done.get("request") == request:
+        if _same_request(done.get("request") or {}, request):
             log(f"[fused] {out}: already written for {source}")
             return FusedDataset(out)
     tmp = out.with_name(out.name + ".tmp")
