@@ -199,7 +199,8 @@ class Stages:
         for task, trainer in (("segmentation", train_segmenter_probes),
                               ("detection", train_detector_probes)):
             runs = {}
-            for lr in p["lrs"]:
+            lrs = p["lrs"][task] if isinstance(p["lrs"], dict) else p["lrs"]
+            for lr in lrs:
                 out = self.r.root / "pilot" / f"{NETWORK[task]}_lr{lr:g}"
                 runs[lr] = trainer(data, {0: out}, self.settings(task, p["epochs"], lr),
                                    log=_log)[0]
