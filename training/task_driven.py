@@ -16,6 +16,7 @@ after a kill; ``--list`` shows which are done):
 * ``pilot``: the budgets (epochs, learning rate) on the initial F's fusion, by the
   pre-registered rule;
 * ``segmenter_<arm>`` / ``detector_<arm>``: the task networks of every seed;
+* ``shipped_networks``: the bundle's own detector and segmenter on every arm's fusion;
 * ``fusion_metrics``: Table 1's EN, SF, SCD, VIF, Qabf, SSIM of every arm on the validation pairs;
 * ``weight_maps``: what each G learned (Fig. 5), statistics and a figure;
 * ``report``: ``results.md`` and ``results.json`` (always rewritten).
@@ -62,6 +63,10 @@ class Recipe:
     pilot: dict[str, Any] = field(default_factory=dict)
     segmenter: dict[str, Any] = field(default_factory=dict)
     detector: dict[str, Any] = field(default_factory=dict)
+    # the bundle's task networks (models/default), scored on every arm's fusion too
+    shipped_tasks: dict[str, str] = field(default_factory=lambda: {
+        "detection": "models/default_checkpoints/detector.pt",
+        "segmentation": "models/default_checkpoints/segmenter.pt"})
     bootstrap_draws: int = 4000
     smallest_effect: float = 0.01
     threads: int = 2
@@ -112,6 +117,7 @@ class Stages:
             for arm in recipe.network(task)["arms"]:
                 self._add(f"{NETWORK[task]}_{arm}", lambda t=task, a=arm: self._probes(t, a),
                           self.probe_dir(task, arm, recipe.seeds[-1]) / "metrics.json")
+        self._add("shipped_networks", self._shipped_networks, root / "shipped_networks.json")
         self._add("fusion_metrics", self._fusion_metrics, root / "fusion_metrics.json")
         self._add("weight_maps", self._weight_maps, root / "weight_maps.json")
         self._add("report", self._report, REPO / recipe.results_dir / "results.json")
@@ -227,6 +233,27 @@ class Stages:
         data = FusedDataset(self.r.root / "fused" / arm)
         trainer(data, {s: self.probe_dir(task, arm, s) for s in self.r.seeds},
                 self.settings(task, choice["epochs"], choice["lr"]), log=_log)
+
+    def _shipped_networks(self) -> None:
+        """The bundle's own detector and segmenter (trained on TDFusion's fusion, whole network)
+        scored on every arm's fusion: the second piece of evidence for the bundle's F."""
+        from training.fused_dataset import FusedDataset
+        from training.train_detector import evaluate_detector
+        from training.train_segmenter import evaluate_segmenter
+
+        out: dict[str, Any] = {"networks": dict(self.r.shipped_tasks), "arms": {}}
+        for arm in ARMS:
+            if not (self.r.root / "fused" / arm / "fused.json").is_file():
+                continue
+            data = FusedDataset(self.r.root / "fused" / arm)
+            det = evaluate_detector(REPO / self.r.shipped_tasks["detection"], data,
+                                    threads=self.r.threads)
+            seg = evaluate_segmenter(REPO / self.r.shipped_tasks["segmentation"], data,
+                                     threads=self.r.threads)
+            out["arms"][arm] = {"mAP50": det["mAP50"], "mAP50-95": det["mAP50-95"],
+                                "AP50": det["AP50"], "mIoU": seg["mIoU"], "IoU": seg["IoU"]}
+            _log(f"shipped networks on {arm}: mAP50 {det['mAP50']:.3f}, mIoU {seg['mIoU']:.3f}")
+        _write_json(self.r.root / "shipped_networks.json", out)
 
     def _fusion_metrics(self) -> None:
         """Table 1's metrics of every arm's fused validation images against their sources."""

@@ -65,6 +65,7 @@ def collect(stages: Any) -> dict[str, Any]:
                         "results/task_driven/preregistration.md").splitlines()},
         "seeds": r.seeds, "pilot": _read(r.root / "pilot" / "choice.json"),
         "fusion_metrics": _read(r.root / "fusion_metrics.json"),
+        "shipped_networks": _read(r.root / "shipped_networks.json"),
         "weight_maps": _read(r.root / "weight_maps.json"), "tasks": {}}
     for task in ("detection", "segmentation"):
         metric = METRIC[task]
@@ -224,6 +225,16 @@ def markdown(res: dict[str, Any]) -> str:
         for a in arms.values():
             lines.append(f"- {a['title']}: " + ", ".join(
                 f"{e}: {v * 100:.1f}" for e, v in a["curve"].items()))
+        lines.append("")
+    shipped = res.get("shipped_networks")
+    if shipped and shipped["arms"]:
+        lines += ["## The bundle's own detector and segmenter on each arm's fusion", "",
+                  "Trained (whole network) on TDFusion's detection F's fusion, so they favour "
+                  "that arm; shown because the bundle's F has to serve them.", "",
+                  "| arm | mAP50 | mAP50-95 | mIoU |", "|---|---|---|---|"]
+        for arm, m in shipped["arms"].items():
+            lines.append(f"| {ARMS[arm][0]} | {m['mAP50'] * 100:.1f} | "
+                         f"{m['mAP50-95'] * 100:.1f} | {m['mIoU'] * 100:.1f} |")
         lines.append("")
     fm = res.get("fusion_metrics")
     if fm:
