@@ -70,6 +70,29 @@ def test_fused_dataset_layout(fused: FusedDataset, roots: list[str]) -> None:
     assert again.info == fused.info
 
 
+def test_a_copy_of_the_same_f_reuses_the_fused_set_and_another_f_does_not(
+        fused: FusedDataset, roots: list[str], tmp_path: Path) -> None:
+    import torch
+
+    copy = tmp_path / "elsewhere.pt"
+    shutil.copyfile(REPO / "models" / "fusion_default.pt", copy)
+    said: list[str] = []
+    common = dict(roots=roots, val_names=VAL, scenes_count=2, scenes_size=(240, 320), threads=1,
+                  log=said.append)
+    write_fused_dataset(fused.root, str(copy), **common)
+    assert any("already written" in s for s in said)
+    other = torch.load(copy, weights_only=True)
+    first = next(iter(other["state_dict"]))
+    other["state_dict"][first] = other["state_dict"][first] + 0.01
+    torch.save(other, copy)
+    said.clear()
+    target = tmp_path / "refused"
+    shutil.copytree(fused.root, target)
+    redone = write_fused_dataset(target, str(copy), **common)
+    assert not any("already written" in s for s in said)
+    assert redone.info["request"]["sha256"] != fused.info["request"]["sha256"]
+
+
 def test_trainers_run_offline_and_export(fused: FusedDataset, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from training.train_detector import evaluate_detector, train_detector
