@@ -129,7 +129,11 @@ class Stages:
         return name != "report" and {n: o for n, _, o in self.order}[name].is_file()
 
     def probe_dir(self, task: str, arm: str, seed: int) -> Path:
-        return self.r.root / "probes" / f"{NETWORK[task]}_{arm}" / f"s{seed}"
+        """A network's folder; an ``epochs`` set in the config (the pre-registered rerun with
+        twice the budget when a curve had not flattened) gets folders of its own."""
+        epochs = self.r.network(task).get("epochs")
+        suffix = f"_e{epochs}" if epochs else ""
+        return self.r.root / "probes" / f"{NETWORK[task]}_{arm}{suffix}" / f"s{seed}"
 
     # --------------------------------------------------------------------------- stages
 
@@ -229,10 +233,11 @@ class Stages:
         from training.task_probes import train_detector_probes, train_segmenter_probes
 
         choice = json.loads((self.r.root / "pilot" / "choice.json").read_text())[task]
+        epochs = self.r.network(task).get("epochs") or choice["epochs"]
         trainer = train_detector_probes if task == "detection" else train_segmenter_probes
         data = FusedDataset(self.r.root / "fused" / arm)
         trainer(data, {s: self.probe_dir(task, arm, s) for s in self.r.seeds},
-                self.settings(task, choice["epochs"], choice["lr"]), log=_log)
+                self.settings(task, epochs, choice["lr"]), log=_log)
 
     def _shipped_networks(self) -> None:
         """The bundle's own detector and segmenter (trained on TDFusion's fusion, whole network)
@@ -292,7 +297,8 @@ class Stages:
             g = self.r.root / "alg1" / arm / "loss_generation.pt"
             if g.is_file():
                 out[arm] = g_statistics(g, recipe_like)
-        figure = REPO / self.r.results_dir / "weight_maps.png"
+        # beside the runs, not in results/: it shows MSRS images, which stay out of the repo
+        figure = self.r.root / "weight_maps.png"
         write_weight_figure(self, figure)
         out["figure"] = str(figure.relative_to(REPO))
         _write_json(self.r.root / "weight_maps.json", out)

@@ -66,7 +66,8 @@ def collect(stages: Any) -> dict[str, Any]:
         "seeds": r.seeds, "pilot": _read(r.root / "pilot" / "choice.json"),
         "fusion_metrics": _read(r.root / "fusion_metrics.json"),
         "shipped_networks": _read(r.root / "shipped_networks.json"),
-        "weight_maps": _read(r.root / "weight_maps.json"), "tasks": {}}
+        "weight_maps": _read(r.root / "weight_maps.json"), "tasks": {},
+        "run_times_s": run_times(stages)}
     for task in ("detection", "segmentation"):
         metric = METRIC[task]
         key = f"val_{metric}"
@@ -107,7 +108,8 @@ def collect(stages: Any) -> dict[str, Any]:
                        f"{td} - official": (td, ["official"])}
         complete = {a for a, v in arms.items() if v["seeds"] == list(r.seeds)}
         runnable = {k: v for k, v in comparisons.items() if {v[0], *v[1]} <= complete}
-        result: dict[str, Any] = {"metric": metric, "arms": arms,
+        result: dict[str, Any] = {"metric": metric, "arms": arms, "not_run": [
+            a for a in r.network(task)["arms"] if a not in arms],
                                   "same_images": len(names_seen) <= 1, "comparisons": {}}
         if runnable:
             scorers = {a: [_scorer(task, stages.probe_dir(task, a, s)) for s in r.seeds]
@@ -131,6 +133,27 @@ def collect(stages: Any) -> dict[str, Any]:
         result["verdict"] = verdict(result, td, fixed, r.smallest_effect)
         result["network"] = NETWORK[task]
         out["tasks"][task] = result
+    return out
+
+
+def run_times(stages: Any) -> dict[str, float]:
+    """Wall-clock seconds of each stage's work, as recorded in its outputs (the machine was
+    shared by several stages at a time, so these are not costs alone)."""
+    r, out = stages.r, {}
+    for arm in ARMS:
+        summary = _read(r.root / "alg1" / arm / "summary.json")
+        if summary:
+            out[f"Algorithm 1, {arm}"] = summary["seconds"]
+        fused = _read(r.root / "fused" / arm / "fused.json")
+        if fused:
+            out[f"fuse, {arm}"] = fused["seconds"]
+    for task in ("detection", "segmentation"):
+        for arm in r.network(task)["arms"]:
+            runs = [_read(stages.probe_dir(task, arm, s) / "metrics.json") for s in r.seeds]
+            done = [m for m in runs if m]
+            if done:
+                out[f"{NETWORK[task]}s, {arm} ({len(done)} seeds)"] = round(
+                    done[0]["encode_s"] + sum(m["seconds"] for m in done), 1)
     return out
 
 
@@ -210,6 +233,9 @@ def markdown(res: dict[str, Any]) -> str:
                     f"{a['title']}: " + ", ".join(f"{c} {_pct(v)}" for c, v in
                                                   a["per_class_50_95"].items())
                     for a in arms.values())]
+        if t.get("not_run"):
+            lines += ["", "Not run (no seed finished): " + ", ".join(
+                ARMS[a][0] for a in t["not_run"]) + "."]
         lines += ["", "| difference (points) | bootstrap mean [95 %] | per seed | "
                   "t-interval over seeds |", "|---|---|---|---|"]
         for name, c in t["comparisons"].items():
@@ -248,7 +274,9 @@ def markdown(res: dict[str, Any]) -> str:
     wm = res.get("weight_maps")
     if wm:
         lines += ["## What G learned (Fig. 5; validation pairs at 320x240)", "",
-                  f"![weight maps]({Path(wm['figure']).name})", "",
+                  f"The figure (two day and two night pairs: sources, both G's w_ir, both "
+                  f"fused images) is written to `{wm['figure']}` by the `weight_maps` stage; it "
+                  "shows MSRS images, so it stays out of the repository.", "",
                   "| G | mean w_ir in person boxes | in car boxes | outside boxes | "
                   "Spearman rho(w_ir, ir - vis) |", "|---|---|---|---|---|"]
         for arm in ("tdfusion_detection", "tdfusion_segmentation"):
@@ -260,6 +288,12 @@ def markdown(res: dict[str, Any]) -> str:
                              f" | {g['mean_w_ir_car_boxes']:.3f} | "
                              f"{g['mean_w_ir_outside_boxes']:.3f} | "
                              f"{g['spearman_w_ir_vs_ir_minus_vis']:.3f} |")
+        lines.append("")
+    times = res.get("run_times_s") or {}
+    if times:
+        lines += ["## Run times (2 CPU cores shared by up to six stages at once; seconds)", "",
+                  "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
         lines.append("")
     return "\n".join(lines) + "\n"
 
