@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,44 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_bundle(tmp_path_factory.mktemp("node_bundle"))
 
 
+# Fast DDS now and then never matches a fresh pair of participants (a CI run saw the node and
+# the driver unmatched for 90 s while the node ran normally; test_node_start meets the same
+# stall). The driver then exits with NEVER_MATCHED before it has sent anything, and the pair is
+# started again in a new domain: the scenario's record stays whole. More restarts than this
+# would be a problem of its own.
+NEVER_MATCHED = 75
+MATCH_RESTARTS_ALLOWED = 2
+
+
+def run_with_driver(spec: node_params.LaunchSpec, work: Path, driver_args: list[str],
+                    timeout: float) -> dict[str, Any]:
+    """Start the node, run the driver against it, stop the node: what each left behind."""
+    restarts: list[str] = []
+    while True:
+        domain = domain_id()
+        node_log = work / f"node{len(restarts)}.log"
+        node = start_node(spec, domain, node_log)
+        try:
+            driver = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "driver", *driver_args],
+                env=ros_env(domain), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        finally:
+            alive_after_driver = node.poll() is None
+            maps = Path(f"/proc/{node.pid}/maps")
+            libraries = maps.read_text() if alive_after_driver and maps.exists() else ""
+            code = stop(node)
+        log = node_log.read_text()
+        if driver.returncode != NEVER_MATCHED or len(restarts) == MATCH_RESTARTS_ALLOWED:
+            break
+        restarts.append(driver.stderr.strip().splitlines()[-1])
+    assert driver.returncode == 0, f"driver failed (after restarts {restarts}):\n" \
+                                   f"{driver.stdout}\n{driver.stderr}\nnode log:\n{log}"
+    if restarts:
+        warnings.warn(f"node and driver restarted {len(restarts)}x: {restarts}", stacklevel=2)
+    return {"node_exit": code, "node_alive": alive_after_driver, "node_log": log,
+            "libraries": libraries, "match_restarts": restarts}
+
+
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path,
              shared_data: Path) -> dict[str, Any]:
@@ -124,26 +163,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path,
     work = tmp_path_factory.mktemp("node_run")
     config = write_config(work / "fusion.yaml", TEST_OVERRIDES)
     spec = node_params.launch_spec({"config": str(config), "bundle": str(tiny_bundle)})
-    domain = domain_id()
-    node_log = work / "node.log"
-    node = start_node(spec, domain, node_log)
     out = work / "record.json"
-    try:
-        driver = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "driver", "--out", str(out),
-             "--data", str(shared_data)],
-            env=ros_env(domain), capture_output=True, text=True, timeout=900, cwd=REPO)
-    finally:
-        alive_after_driver = node.poll() is None
-        maps = Path(f"/proc/{node.pid}/maps")
-        libraries = maps.read_text() if alive_after_driver and maps.exists() else ""
-        code = stop(node)
-    log = node_log.read_text()
-    assert driver.returncode == 0, f"driver failed:\n{driver.stdout}\n{driver.stderr}\n" \
-                                   f"node log:\n{log}"
+    run = run_with_driver(spec, work, ["--out", str(out), "--data", str(shared_data)], 900)
+    libraries = run.pop("libraries")
     record = json.loads(out.read_text())
-    record.update(node_exit=code, node_alive=alive_after_driver, node_log=log,
-                  torch_loaded="libtorch" in libraries or "/torch/" in libraries,
+    record.update(run, torch_loaded="libtorch" in libraries or "/torch/" in libraries,
                   maps_read=bool(libraries))
     return record
 
@@ -375,6 +399,19 @@ def test_node_imports_no_torch(scenario: dict) -> None:
     assert scenario["maps_read"] and not scenario["torch_loaded"]
 
 
+def test_driver_without_a_node_says_it_never_matched(shared_data: Path, tmp_path: Path
+                                                     ) -> None:
+    """The restart above hinges on this exit: no node in the domain, nothing sent, code 75."""
+    out = tmp_path / "record.json"
+    driver = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "driver", "--out", str(out),
+         "--data", str(shared_data), "--match-timeout", "3"],
+        env=ros_env(domain_id()), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert driver.returncode == NEVER_MATCHED, driver.stdout + driver.stderr
+    assert "never matched the node in 3 s: thermal subscribers 0" in driver.stderr
+    assert not out.exists()
+
+
 def test_lifecycle_and_compressed_input_in_process(tiny_bundle: Path, tmp_path: Path) -> None:
     """autostart false: nothing loads until configure; a bad bundle fails configure and can
     be fixed; CompressedImage input; cleanup releases the engines; and no torch imported."""
@@ -459,17 +496,10 @@ def test_message_filters_policy(tmp_path: Path, tiny_bundle: Path, shared_data: 
                  "sync.thermal_offset": 0.0, "sync.slop": 0.03}
     config = write_config(tmp_path / "mf.yaml", overrides)
     spec = node_params.launch_spec({"config": str(config), "bundle": str(tiny_bundle)})
-    domain = domain_id()
-    node = start_node(spec, domain, tmp_path / "node.log")
     out = tmp_path / "record.json"
-    try:
-        driver = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "driver", "--out", str(out),
-             "--data", str(shared_data), "--short", "--offset", "0"],
-            env=ros_env(domain), capture_output=True, text=True, timeout=240, cwd=REPO)
-    finally:
-        code = stop(node)
-    assert driver.returncode == 0, driver.stdout + driver.stderr
+    run = run_with_driver(spec, tmp_path, ["--out", str(out), "--data", str(shared_data),
+                                           "--short", "--offset", "0"], 240)
+    code = run["node_exit"]
     record = json.loads(out.read_text())
     played = record["played"]["nominal"]
     got = _images(record, "nominal")
@@ -621,6 +651,7 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
     parser.add_argument("--data", required=True)
     parser.add_argument("--short", action="store_true", help="nominal phase only")
     parser.add_argument("--offset", type=float, default=THERMAL_OFFSET)
+    parser.add_argument("--match-timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
     rng = random.Random(6)
     pairs = _load_pairs(Path(args.data), 12)
@@ -690,6 +721,17 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
 
+    def close() -> None:
+        """Shut our side down; this must not fail the run (a callback may still be running
+        in the spinner while the executor stops)."""
+        try:
+            executor.shutdown(timeout_sec=5.0)
+            spinner.join(timeout=5.0)
+            node.destroy_node()
+        except Exception as err:  # noqa: BLE001
+            print(f"driver shutdown: {err!r}", file=sys.stderr)
+        rclpy.try_shutdown()
+
     def wait_for(predicate: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -708,8 +750,21 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
             return any(d["state"].get("lifecycle_state") == "active"
                        for d in record["diagnostics"])
 
-    wait_for(lambda: pub_thermal.get_subscription_count() >= 1
-             and pub_rgb.get_subscription_count() >= 1 and active(), 90, "the node")
+    def matched() -> bool:
+        return (pub_thermal.get_subscription_count() >= 1
+                and pub_rgb.get_subscription_count() >= 1 and active())
+
+    try:
+        wait_for(matched, args.match_timeout, "the node")
+    except TimeoutError:
+        with lock:
+            states = [d["state"].get("lifecycle_state") for d in record["diagnostics"]]
+        print(f"never matched the node in {args.match_timeout:.0f} s: thermal subscribers "
+              f"{pub_thermal.get_subscription_count()}, rgb subscribers "
+              f"{pub_rgb.get_subscription_count()}, node states seen {states[-3:]} "
+              f"of {len(states)} diagnostics", file=sys.stderr)
+        close()
+        return NEVER_MATCHED  # nothing sent yet: the test starts both sides again
     wait_for(lambda: node.count_publishers("/fused/image") >= 1, 30, "fused/image")
 
     now_ns = lambda: node.get_clock().now().nanoseconds  # noqa: E731
@@ -875,15 +930,7 @@ def driver_main(argv: list[str]) -> int:  # noqa: C901 - one scenario, read top 
     phase[0] = "end"
     with lock:
         Path(args.out).write_text(json.dumps(record))
-    # The record is written: shutting our side down must not fail the run (a callback may
-    # still be running in the spinner while the executor stops).
-    try:
-        executor.shutdown(timeout_sec=5.0)
-        spinner.join(timeout=5.0)
-        node.destroy_node()
-    except Exception as err:  # noqa: BLE001
-        print(f"driver shutdown: {err!r}", file=sys.stderr)
-    rclpy.try_shutdown()
+    close()
     return 0
 
 
