@@ -673,7 +673,9 @@ def test_live_replay_restarts_on_a_new_domain_when_discovery_stalls(tmp_path: Pa
     live = result.summary["live"]
     assert marker.read_text() == str(first)
     assert "error" not in live, json.dumps(live, indent=1)[:3000]
-    assert live["retried_after"] == [first] and live["domain_id"] != first
+    # a second, genuine stall may take the third start (seen once beside four busy loops)
+    assert live["retried_after"][0] == first and len(live["retried_after"]) <= 2
+    assert live["domain_id"] not in live["retried_after"]
     assert any("not ready after 20 s" in line and "Restarting the node" in line for line in logs)
     assert (tmp_path / "o" / "live" / "node.attempt1.log").exists()
     published = int(live["node_counters"]["inputs: published.fusion"])
